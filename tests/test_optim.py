@@ -1,0 +1,134 @@
+"""minBERT's AdamW: a hand-worked trajectory, agreement with torch.optim.AdamW where the math
+coincides, and the arguments it refuses."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from minbert import AdamW
+
+
+def _hand_adamw(p, grads, lr, b1, b2, eps, wd, correct_bias=True):
+    """The update rule written out in scalars, step by step."""
+    m = v = 0.0
+    trajectory = []
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t) if correct_bias else lr
+        p = p - step_size * m / (math.sqrt(v) + eps)
+        p = p - lr * wd * p
+        trajectory.append(p)
+    return trajectory
+
+
+@pytest.mark.parametrize("correct_bias", [True, False])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_matches_hand_computed_trajectory(correct_bias, weight_decay):
+    grads = [0.5, -1.5, 2.0, 0.25]
+    lr, b1, b2, eps = 0.1, 0.9, 0.99, 1e-6
+    expected = _hand_adamw(1.0, grads, lr, b1, b2, eps, weight_decay, correct_bias)
+    param = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = AdamW([param], lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
+    for g, want in zip(grads, expected):
+        param.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+        assert param.item() == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+def test_first_step_by_hand():
+    """Step 1 with bias correction moves each weight by lr * sign(g) (up to eps), then decays it."""
+    param = torch.nn.Parameter(torch.tensor([2.0, -3.0], dtype=torch.float64))
+    param.grad = torch.tensor([4.0, -0.5], dtype=torch.float64)
+    AdamW([param], lr=0.01, eps=0.0, weight_decay=0.5).step()
+    # 2.0 - 0.01 = 1.99, then * (1 - 0.01 * 0.5); -3.0 + 0.01 = -2.99, then the same decay
+    assert param.tolist() == pytest.approx([1.99 * 0.995, -2.99 * 0.995], rel=1e-12)
+
+
+def test_agrees_with_torch_adamw_without_decay():
+    """With weight_decay=0 and eps=0, both bias corrections give the same update (they differ
+    only in whether eps is scaled by sqrt(1 - beta2**t))."""
+    torch.manual_seed(0)
+    ours = torch.nn.Linear(7, 5).double()
+    theirs = torch.nn.Linear(7, 5).double()
+    theirs.load_state_dict(ours.state_dict())
+    opt_ours = AdamW(ours.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=0.0, weight_decay=0.0)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=0.0, weight_decay=0.0)
+    for step in range(10):
+        x = torch.randn(16, 7, dtype=torch.float64)
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_decoupled_decay_differs_from_torch_in_the_documented_way():
+    """torch decays before the update, minBERT after: the gap is lr * wd * update."""
+    ours = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    theirs = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    ours.grad = torch.tensor([1.0], dtype=torch.float64)
+    theirs.grad = ours.grad.clone()
+    AdamW([ours], lr=0.1, eps=0.0, weight_decay=0.5).step()
+    torch.optim.AdamW([theirs], lr=0.1, eps=0.0, weight_decay=0.5).step()
+    update = 0.1  # first step moves by lr
+    assert ours.item() == pytest.approx((1.0 - update) * (1 - 0.05))
+    assert theirs.item() == pytest.approx(1.0 * (1 - 0.05) - update)
+
+
+def test_frozen_and_gradless_parameters_get_no_state():
+    trained = torch.nn.Parameter(torch.ones(3))
+    frozen = torch.nn.Parameter(torch.ones(3), requires_grad=False)
+    unused = torch.nn.Parameter(torch.ones(3))
+    opt = AdamW([trained, frozen, unused], lr=0.1)
+    trained.grad = torch.ones(3)
+    opt.step()
+    assert set(opt.state) == {trained}
+    assert torch.equal(frozen, torch.ones(3)) and torch.equal(unused, torch.ones(3))
+    assert opt.state[trained]["step"] == 1
+
+
+def test_state_dict_round_trip_resumes_identically():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(4))
+    opt = AdamW([a], lr=0.05, weight_decay=0.01)
+    for _ in range(3):
+        a.grad = torch.randn(4)
+        opt.step()
+    b = torch.nn.Parameter(a.detach().clone())
+    restored = AdamW([b], lr=0.05, weight_decay=0.01)
+    saved = io.BytesIO()  # through bytes, as a checkpoint on disk would be
+    torch.save(opt.state_dict(), saved)
+    saved.seek(0)
+    restored.load_state_dict(torch.load(saved))
+    grad = torch.randn(4)
+    a.grad, b.grad = grad, grad.clone()
+    opt.step()
+    restored.step()
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(betas=(1.0, 0.999)), r"betas\[0\]"),
+        (dict(betas=(0.9, -0.1)), r"betas\[1\]"),
+        (dict(eps=-1e-8), "eps"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(backend="cuda"), "backend"),
+    ],
+)
+def test_invalid_arguments_name_themselves(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        AdamW([torch.nn.Parameter(torch.ones(1))], **kwargs)
+
+
+def test_default_eps_is_1e_6():
+    opt = AdamW([torch.nn.Parameter(torch.ones(1))])
+    assert opt.defaults["eps"] == 1e-6 and opt.defaults["correct_bias"] is True
