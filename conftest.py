@@ -37,7 +37,7 @@ def pytest_configure(config):
     if not config.args or {os.path.abspath(a) for a in config.args} <= default_args:
         config.args[:] = [BENCH_SUITE]
     if getattr(config.option, "benchmark_json", None) is None:
-        from bench.device import device_tag
+        from multitask.environment import device_tag
 
         os.makedirs(RESULTS, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")

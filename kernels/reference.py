@@ -80,9 +80,13 @@ def adamw_step(
     step_size = lr
     if correct_bias:
         step_size = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
-        m.mul_(beta1).add_(g, alpha=1.0 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
-        if weight_decay != 0.0:
-            p.add_(p, alpha=-lr * weight_decay)
+    # Multi-tensor (foreach) ops: the same math, a handful of launches for the whole list.
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+    denominators = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(denominators, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denominators, value=-step_size)
+    if weight_decay != 0.0:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.device import device_name, versions
+from multitask.environment import device_name, versions
 
 
 @pytest.fixture(autouse=True)

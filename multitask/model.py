@@ -1,0 +1,132 @@
+"""The multitask model: one stack of encoder pieces per task, built from a SharingPlan.
+
+Each piece (embeddings, every encoder layer, the pooler) exists in as many copies as the
+plan gives it groups; a task runs through the copies of its groups, then its own head.
+Copies start from the same pretrained weights. Frozen pieces never train, run in eval mode
+(no dropout: they are fixed feature extractors), and a frozen bottom run of pieces executes
+without autograd so its activations are not kept for the backward.
+"""
+
+from __future__ import annotations
+
+import copy
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minbert import Batch, BertModel
+
+from .sharing import SharingPlan
+from .tasks import Task
+
+PAIR_ENCODINGS = ("joint", "siamese")
+
+
+@dataclass
+class HeadConfig:
+    pair_encoding: str = "joint"  # "joint": [CLS] a [SEP] b [SEP]; "siamese": a and b encoded alone
+    dropout: float = 0.1  # dropout on the pooled vector before each head
+
+    def __post_init__(self) -> None:
+        if self.pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding must be one of {PAIR_ENCODINGS}, got {self.pair_encoding!r}")
+
+
+def _module_key(piece: str) -> str:
+    return piece.replace(".", "_")  # ModuleDict keys may not contain dots
+
+
+class TaskHead(nn.Module):
+    """Dropout and a linear layer on the pooled vector (or on [u, v, |u-v|, u*v] for siamese pairs)."""
+
+    def __init__(self, hidden_size: int, task: Task, config: HeadConfig) -> None:
+        super().__init__()
+        self.siamese = task.pair and config.pair_encoding == "siamese"
+        self.dropout = nn.Dropout(config.dropout)
+        self.linear = nn.Linear(hidden_size * (4 if self.siamese else 1), task.num_labels)
+
+    def forward(self, pooled: torch.Tensor, pooled_b: torch.Tensor | None = None) -> torch.Tensor:
+        if self.siamese:
+            pooled = torch.cat([pooled, pooled_b, (pooled - pooled_b).abs(), pooled * pooled_b], dim=-1)
+        return self.linear(self.dropout(pooled))  # (B, num_labels)
+
+
+class MultitaskBert(nn.Module):
+    def __init__(
+        self,
+        pretrained: BertModel,
+        plan: SharingPlan,
+        tasks: Sequence[Task],
+        head: HeadConfig | None = None,
+    ) -> None:
+        super().__init__()
+        names = tuple(task.name for task in tasks)
+        if tuple(plan.tasks) != names:
+            raise ValueError(f"the plan is for tasks {plan.tasks} but the model is built for {names}")
+        if plan.num_layers != pretrained.config.num_hidden_layers:
+            raise ValueError(
+                f"plan {str(plan)!r} covers {plan.num_layers} layers but the model has "
+                f"{pretrained.config.num_hidden_layers}"
+            )
+        self.plan = plan
+        self.config = pretrained.config
+        self.head_config = head or HeadConfig()
+        self.tasks = {task.name: task for task in tasks}
+        sources = {"embeddings": pretrained.embeddings, "pooler": pretrained.pooler}
+        sources.update({f"layer.{i}": layer for i, layer in enumerate(pretrained.encoder.layer)})
+        self.pieces = nn.ModuleDict()
+        for piece, assignment in plan.pieces():
+            copies = nn.ModuleDict({key: copy.deepcopy(sources[piece]) for key in assignment.keys})
+            if assignment.frozen:
+                copies.requires_grad_(False)
+            self.pieces[_module_key(piece)] = copies
+        self.heads = nn.ModuleDict({task.name: TaskHead(self.config.hidden_size, task, self.head_config) for task in tasks})
+        self._frozen_prefix = plan.frozen_prefix_length()
+        self.train()
+
+    def train(self, mode: bool = True) -> MultitaskBert:
+        super().train(mode)
+        for (_, assignment), copies in zip(self.plan.pieces(), self.pieces.values()):
+            if assignment.frozen:
+                copies.eval()
+        return self
+
+    def stack(self, task: str) -> list[nn.Module]:
+        """The modules `task` runs through, bottom to top: embeddings, layers, pooler."""
+        return [self.pieces[_module_key(piece)][a.key_of(task)] for piece, a in self.plan.pieces()]
+
+    def encode(self, task: str, batch: Batch) -> torch.Tensor:  # -> (B, H) pooled
+        embeddings, *layers, pooler = self.stack(task)
+        frozen = self._frozen_prefix
+        with torch.no_grad() if frozen >= 1 else contextlib.nullcontext():
+            hidden = embeddings(batch.input_ids, batch.token_type_ids)  # (B, L, H)
+        for index, layer in enumerate(layers, start=1):
+            with torch.no_grad() if index < frozen else contextlib.nullcontext():
+                hidden = layer(hidden, batch.attention_mask)
+        with torch.no_grad() if frozen == len(layers) + 2 else contextlib.nullcontext():
+            return pooler(hidden)
+
+    def forward(self, task: str, batch: Batch, batch_b: Batch | None = None) -> torch.Tensor:
+        """Head outputs (B, num_labels) of `task`; `batch_b` holds second sentences for siamese pairs."""
+        pooled = self.encode(task, batch)
+        pooled_b = self.encode(task, batch_b) if batch_b is not None else None
+        return self.heads[task](pooled, pooled_b)
+
+    def loss(self, task: str, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.tasks[task].kind == "regression":
+            return F.mse_loss(outputs.squeeze(-1), labels.float())
+        return F.cross_entropy(outputs, labels)
+
+    def predict(self, task: str, outputs: torch.Tensor) -> torch.Tensor:
+        if self.tasks[task].kind == "regression":
+            return outputs.squeeze(-1)
+        return outputs.argmax(dim=-1)
+
+    def parameters_of(self, task: str) -> list[nn.Parameter]:
+        """The parameters `task` reads: its copies of every piece and its head."""
+        params = [p for module in self.stack(task) for p in module.parameters()]
+        return params + list(self.heads[task].parameters())

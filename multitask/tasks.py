@@ -1,0 +1,93 @@
+"""Task records: everything the trainer knows about a task (name, kind, labels, metric, loader)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .data import TASK_KINDS, DataError, Example, load_split
+
+TASK_NAMES = tuple(TASK_KINDS)
+DEMO = "demo"  # the data source name of the synthetic demo corpus
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str  # "classification" or "regression"
+    num_labels: int  # width of the head's output: classes, or 1 for regression
+    metric: str  # "accuracy" or "pearson"
+    pair: bool  # True when an example is a sentence pair
+    loader: Callable[[str], list[Example]]  # split name -> examples
+
+    @property
+    def metric_key(self) -> str:
+        """The name of the dev metric in results: sst_acc, para_acc, sts_r, cfimdb_acc."""
+        return f"{self.name}_{'acc' if self.metric == 'accuracy' else 'r'}"
+
+
+def _cs224n_loader(task: str, data_dir: str | os.PathLike) -> Callable[[str], list[Example]]:
+    return lambda split: load_split(task, split, data_dir).examples
+
+
+def _demo_loader(task: str, seed: int) -> Callable[[str], list[Example]]:
+    def load(split: str) -> list[Example]:
+        from .synthetic import make_corpus
+
+        corpus = make_corpus(seed)
+        if split not in corpus[task]:
+            raise DataError(f"the demo corpus has no {split!r} split for {task}; it has {', '.join(corpus[task])}")
+        return corpus[task][split]
+
+    return load
+
+
+def make_tasks(names: Sequence[str], data: str | os.PathLike, demo_seed: int = 0) -> list[Task]:
+    """Task records for `names`, reading the CS224N files in folder `data`, or the demo corpus for 'demo'."""
+    if not names:
+        raise DataError(f"no tasks given; choose from {', '.join(TASK_NAMES)}")
+    unknown = [n for n in names if n not in TASK_KINDS]
+    if unknown:
+        raise DataError(f"unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASK_NAMES)}")
+    if len(set(names)) != len(names):
+        raise DataError(f"task list {', '.join(names)} names a task twice")
+    tasks = []
+    for name in names:
+        kind = TASK_KINDS[name]
+        loader = _demo_loader(name, demo_seed) if str(data) == DEMO else _cs224n_loader(name, data)
+        tasks.append(
+            Task(
+                name=name,
+                kind="regression" if kind.is_regression else "classification",
+                num_labels=1 if kind.is_regression else kind.num_classes,
+                metric="pearson" if kind.is_regression else "accuracy",
+                pair=kind.is_pair,
+                loader=loader,
+            )
+        )
+    return tasks
+
+
+def score(task: Task, predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy of class predictions, or Pearson's r of regression outputs."""
+    if task.metric == "accuracy":
+        return (predictions == labels).float().mean().item()
+    x, y = predictions.double(), labels.double()
+    x, y = x - x.mean(), y - y.mean()
+    denominator = math.sqrt((x * x).sum().item() * (y * y).sum().item())
+    return (x * y).sum().item() / denominator if denominator > 0 else 0.0
+
+
+def overall_score(metrics: dict[str, float]) -> float:
+    """The multitask score: the mean of accuracies and (r + 1) / 2 over the tasks present.
+
+    With sst, para and sts this is (sst_acc + para_acc + (sts_r + 1) / 2) / 3.
+    """
+    parts = [(value + 1) / 2 if key.endswith("_r") else value for key, value in metrics.items()]
+    if not parts:
+        raise ValueError("no metrics to combine")
+    return sum(parts) / len(parts)

@@ -1,0 +1,390 @@
+"""The multitask trainer: one sharing plan, a budget, dev metrics over time, resumable.
+
+A run's directory holds `last.pt` (everything needed to resume), `best.pt` (the weights
+with the best overall dev score) and `results.json` (the run record). Every file is written
+to a temporary name and renamed into place, so a killed run never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from minbert import AdamW, BertModel, BertTokenizer
+
+from .accounting import account_model
+from .batching import BucketBatchSampler, Collator, LabeledBatch, token_lengths
+from .model import HeadConfig, MultitaskBert
+from .sampling import SAMPLINGS, task_at_step
+from .sharing import parse_plan
+from .tasks import Task, make_tasks, overall_score, score
+
+RESULTS_FILE, LAST_FILE, BEST_FILE = "results.json", "last.pt", "best.pt"
+
+
+@dataclass
+class TrainConfig:
+    tasks: list[str] = field(default_factory=lambda: ["sst", "para", "sts"])
+    plan: str = "SSSSSS"  # sharing plan, bottom to top (see multitask.sharing)
+    checkpoint: str = "minilm"  # pretrained folder or name; "random" for an untrained encoder
+    data: str = "demo"  # CS224N data folder, or "demo" for the synthetic corpus
+    hidden_size: int | None = None  # with checkpoint="random": width of the random encoder
+    num_layers: int | None = None  # with checkpoint="random": depth of the random encoder
+    epochs: float | None = None  # budget: passes over all tasks' training batches ...
+    steps: int | None = None  # ... or optimizer steps ...
+    seconds: float | None = None  # ... or wall-clock seconds of training (first one reached stops)
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    max_length: int = 128
+    sampling: str = "proportional"  # round_robin | proportional | annealed
+    pair_encoding: str = "joint"  # joint | siamese
+    head_dropout: float = 0.1
+    eval_every: int | None = None  # steps between dev evaluations; default once per epoch
+    max_eval_examples: int | None = None  # cap each dev set (quick looks); None = the whole set
+    seed: int = 0
+    backend: str = "auto"  # kernels backend for the encoder
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str = "runs/latest"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and self.steps is None and self.seconds is None:
+            self.epochs = 1.0
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        for name in ("batch_size", "max_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("epochs", "steps", "seconds", "eval_every", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+    # Fields that may change between a run and its resumption (budgets and cosmetics).
+    RESUMABLE_CHANGES = ("epochs", "steps", "seconds", "progress", "eval_every", "device")
+
+    def identity(self) -> dict:
+        """The settings a resumed run must share with the run that wrote the checkpoint."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESUMABLE_CHANGES}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN loss, a checkpoint from another configuration)."""
+
+
+@dataclass
+class TaskData:
+    task: Task
+    train: list
+    dev: list
+    sampler: BucketBatchSampler  # length-bucketed training batches, reshuffled per epoch
+    dev_batches: list[list[int]]  # dev indices sorted by length, cut into batches
+    collate: Collator
+    epoch_cache: tuple[int, list[list[int]]] | None = None  # (epoch, its batches)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return device
+
+
+def build_pretrained(config: TrainConfig) -> BertModel:
+    """The pretrained encoder, or a randomly initialised one of the asked width for 'random'."""
+    if config.checkpoint == "random":
+        from minbert import BertConfig
+
+        base = BertModel.from_pretrained().config  # the default vocabulary and shape, resized
+        width = config.hidden_size or base.hidden_size
+        heads = max(1, width // 64) if width % 64 == 0 else base.num_attention_heads
+        shape = BertConfig(
+            vocab_size=base.vocab_size,
+            hidden_size=width,
+            num_hidden_layers=config.num_layers or base.num_hidden_layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * width,
+        )
+        torch.manual_seed(config.seed)
+        return BertModel(shape, backend=config.backend)
+    model = BertModel.from_pretrained(config.checkpoint, backend=config.backend)
+    for name, wanted in (("hidden_size", config.hidden_size), ("num_hidden_layers", config.num_layers)):
+        if wanted is not None and getattr(model.config, name) != wanted:
+            raise ValueError(
+                f"checkpoint {config.checkpoint!r} has {name}={getattr(model.config, name)}, not {wanted}; "
+                "use checkpoint='random' for a width without pretrained weights"
+            )
+    return model
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        memory_sampler: Callable[[torch.device], contextlib.AbstractContextManager] | None = None,
+    ) -> None:
+        self.config = config
+        self.memory_sampler = memory_sampler
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.device = resolve_device(config.device)
+        if self.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.out_dir = Path(config.out_dir)
+
+        tasks = make_tasks(config.tasks, config.data)
+        pretrained = build_pretrained(config)
+        self.plan = parse_plan(config.plan, config.tasks, pretrained.config.num_hidden_layers)
+        self.tokenizer = BertTokenizer.from_pretrained(None if config.checkpoint == "random" else config.checkpoint)
+        self.data = [self._load(task) for task in tasks]
+        torch.manual_seed(config.seed)  # head initialisation
+        self.model = MultitaskBert(
+            pretrained, self.plan, tasks, HeadConfig(config.pair_encoding, config.head_dropout)
+        ).to(self.device)
+        del pretrained
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.ddp = None
+        if self.distributed:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,  # each step trains one task: other heads and copies sit idle
+            )
+        self.batches_per_epoch = sum(math.ceil(len(d.train) / config.batch_size) for d in self.data)
+        self.total_steps = self._planned_steps()
+        self.eval_every = config.eval_every or self.batches_per_epoch
+        self.state = {"step": 0, "train_seconds": 0.0, "examples": 0, "curve": [], "best": None,
+                      "positions": {d.task.name: [0, 0] for d in self.data}}  # task -> [epoch, batch index]
+
+    # ---- data -------------------------------------------------------------------------------
+    def _load(self, task: Task) -> TaskData:
+        train, dev = task.loader("train"), task.loader("dev")
+        if self.config.max_eval_examples:
+            dev = dev[: self.config.max_eval_examples]
+        if not train:
+            raise TrainingError(f"task {task.name} has no training examples")
+        c = self.config
+        siamese = task.pair and c.pair_encoding == "siamese"
+        lengths = token_lengths(train, self.tokenizer, c.max_length, siamese)
+        dev_lengths = token_lengths(dev, self.tokenizer, c.max_length, siamese)
+        dev_batches = BucketBatchSampler(dev_lengths, 2 * c.batch_size, shuffle=False).batches()
+        collate = Collator(self.tokenizer, c.max_length, siamese, regression=task.kind == "regression")
+        return TaskData(task, train, dev, BucketBatchSampler(lengths, c.batch_size, seed=c.seed), dev_batches, collate)
+
+    def _planned_steps(self) -> int | None:
+        candidates = []
+        if self.config.steps is not None:
+            candidates.append(self.config.steps)
+        if self.config.epochs is not None:
+            candidates.append(max(1, round(self.config.epochs * self.batches_per_epoch)))
+        return min(candidates) if candidates else None
+
+    def _next_batch(self, data: TaskData) -> list:
+        """The next training batch of a task, walking its bucketed epochs in order."""
+        position = self.state["positions"][data.task.name]
+        while True:
+            epoch, index = position
+            if data.epoch_cache is None or data.epoch_cache[0] != epoch:
+                data.sampler.set_epoch(epoch)
+                data.epoch_cache = (epoch, data.sampler.batches())
+            batches = data.epoch_cache[1]
+            if index < len(batches):
+                position[1] += 1
+                return [data.train[i] for i in batches[index]]
+            position[0], position[1] = epoch + 1, 0
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def _try_resume(self) -> bool:
+        path = self.out_dir / LAST_FILE
+        if not path.is_file():
+            return False
+        saved = torch.load(path, map_location=self.device, weights_only=False)
+        if saved["config"] != self.config.identity():
+            changed = sorted(k for k in saved["config"] if saved["config"][k] != self.config.identity().get(k))
+            raise TrainingError(
+                f"{path} was written by a run with different settings ({', '.join(changed)}); "
+                "use another --out directory, or --fresh to start over"
+            )
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.state = saved["state"]
+        torch.set_rng_state(saved["rng"])
+        return True
+
+    def _save_last(self) -> None:
+        if self.rank != 0:
+            return
+        _atomic_save(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "state": self.state,
+             "rng": torch.get_rng_state(), "config": self.config.identity()},
+            self.out_dir / LAST_FILE,
+        )
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Dev metrics of every task, and the overall score."""
+        self.model.eval()
+        metrics = {}
+        for data in self.data:
+            predictions, labels = [], []
+            for indices in tqdm(data.dev_batches, desc=f"eval {data.task.name}", leave=False, disable=not self._bars()):
+                batch = data.collate([data.dev[i] for i in indices])
+                outputs = self._forward(data.task.name, batch.to(self.device), self.model)
+                predictions.append(self.model.predict(data.task.name, outputs).cpu())
+                labels.append(batch.labels)
+            metrics[data.task.metric_key] = score(data.task, torch.cat(predictions), torch.cat(labels))
+        metrics["overall"] = overall_score({k: v for k, v in metrics.items()})
+        self.model.train()
+        return metrics
+
+    @staticmethod
+    def _forward(task: str, batch: LabeledBatch, module: torch.nn.Module) -> torch.Tensor:
+        return module(task, batch.inputs, batch.inputs_b)
+
+    def _bars(self) -> bool:
+        return self.config.progress and self.rank == 0
+
+    # ---- training -----------------------------------------------------------------------------
+    def _budget_left(self) -> bool:
+        c, s = self.config, self.state
+        if self.total_steps is not None and s["step"] >= self.total_steps:
+            return False
+        return c.seconds is None or s["train_seconds"] < c.seconds
+
+    def _progress(self) -> float:
+        fractions = []
+        if self.total_steps:
+            fractions.append(self.state["step"] / self.total_steps)
+        if self.config.seconds:
+            fractions.append(self.state["train_seconds"] / self.config.seconds)
+        return min(1.0, max(fractions)) if fractions else 0.0
+
+    def _train_step(self, data: TaskData) -> float:
+        examples = self._next_batch(data)
+        if self.world > 1:  # every rank takes its slice of the same global batch
+            local = examples[self.rank :: self.world]
+            weight = len(local) * self.world / len(examples)  # so averaged gradients equal the global mean
+        else:
+            local, weight = examples, 1.0
+        batch = data.collate(local).to(self.device)
+        outputs = self._forward(data.task.name, batch, self.ddp or self.model)
+        loss = self.model.loss(data.task.name, outputs, batch.labels)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the {data.task.name} loss is {loss.item()} at step {self.state['step'] + 1}; "
+                f"lower the learning rate (now {self.config.lr}) or check the {data.task.name} labels"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * weight).backward()
+        self.optimizer.step()
+        self.state["examples"] += len(examples)
+        return loss.item()
+
+    def train(self, fresh: bool = False) -> dict:
+        """Run to the budget (resuming from `last.pt` unless `fresh`), return the run record."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        resumed = False if fresh else self._try_resume()
+        sizes = [len(d.train) for d in self.data]
+        sampler = self.memory_sampler(self.device) if self.memory_sampler else contextlib.nullcontext()
+        bar = tqdm(total=self.total_steps, initial=self.state["step"], desc=f"train {self.config.plan}",
+                   disable=not self._bars(), unit="step")
+        self.model.train()
+        with sampler as memory:
+            while self._budget_left():
+                started = time.perf_counter()
+                step = self.state["step"]
+                index = task_at_step(step, sizes, self.config.sampling, self.config.seed, self._progress())
+                loss = self._train_step(self.data[index])
+                self.state["step"] += 1
+                self.state["train_seconds"] += time.perf_counter() - started
+                bar.update(1)
+                bar.set_postfix(task=self.data[index].task.name, loss=f"{loss:.3f}")
+                if self.state["step"] % self.eval_every == 0 and self._budget_left():
+                    self._evaluate_and_checkpoint()
+            if not self.state["curve"] or self.state["curve"][-1]["step"] != self.state["step"]:
+                self._evaluate_and_checkpoint()
+        bar.close()
+        record = self._record(memory, resumed)
+        if self.rank == 0:
+            _atomic_json(record, self.out_dir / RESULTS_FILE)
+        return record
+
+    def _evaluate_and_checkpoint(self) -> None:
+        metrics = self.evaluate()
+        s = self.state
+        s["curve"].append({"step": s["step"], "seconds": round(s["train_seconds"], 3),
+                           "epoch": round(s["step"] / self.batches_per_epoch, 4), "metrics": metrics})
+        if s["best"] is None or metrics["overall"] > s["best"]["metrics"]["overall"]:
+            s["best"] = {"step": s["step"], "metrics": metrics}
+            if self.rank == 0:
+                _atomic_save({"model": self.model.state_dict(), "plan": str(self.plan), "tasks": self.config.tasks,
+                              "metrics": metrics, "step": s["step"]}, self.out_dir / BEST_FILE)
+        if self.rank == 0 and self._bars():
+            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            tqdm.write(f"step {s['step']}: {shown}")
+        self._save_last()
+
+    def _record(self, memory, resumed: bool) -> dict:
+        from .environment import device_name, versions
+
+        s = self.state
+        final = s["curve"][-1]["metrics"]
+        epochs_done = s["step"] / self.batches_per_epoch
+        reading = memory.result() if hasattr(memory, "result") else None
+        return {
+            "status": "ok",
+            "error": None,
+            "config": {
+                **dataclasses.asdict(self.config),
+                "plan": str(self.plan),
+                "hidden_size": self.model.config.hidden_size,
+                "num_layers": self.model.config.num_hidden_layers,
+                "pretrained": self.config.checkpoint != "random",
+                "corpus": "demo" if self.config.data == "demo" else "cs224n",
+                "world_size": self.world,
+            },
+            "metrics": final,
+            "best": s["best"],
+            "accounting": account_model(self.model),
+            "memory": dataclasses.asdict(reading) if dataclasses.is_dataclass(reading) else reading,
+            "timing": {
+                "train_seconds": round(s["train_seconds"], 3),
+                "steps": s["step"],
+                "epochs": round(epochs_done, 4),
+                "seconds_per_epoch": round(s["train_seconds"] / epochs_done, 3) if epochs_done else None,
+                "examples_per_second": round(s["examples"] / s["train_seconds"], 2) if s["train_seconds"] else None,
+            },
+            "curve": s["curve"],
+            "resumed": resumed,
+            "device": device_name(self.device),
+            "versions": versions(),
+        }
