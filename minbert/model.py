@@ -198,6 +198,18 @@ class BertModel(nn.Module):
         hidden = self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
         return {"last_hidden_state": hidden, "pooler_output": self.pooler(hidden)}
 
+    def set_dropout(self, p: float) -> BertModel:
+        """Use dropout probability `p` everywhere (embeddings, attention, sub-layer outputs)."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.config.hidden_dropout_prob = self.config.attention_probs_dropout_prob = p
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(module, BertSelfAttention):
+                module.dropout_p = p
+        return self
+
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, backend: str = "auto") -> BertModel:
         """Load a checkpoint folder, a hub name from the local cache, or `minilm` (the default)."""

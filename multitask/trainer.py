@@ -36,7 +36,7 @@ RESULTS_FILE, LAST_FILE, BEST_FILE = "results.json", "last.pt", "best.pt"
 @dataclass
 class TrainConfig:
     tasks: list[str] = field(default_factory=lambda: ["sst", "para", "sts"])
-    plan: str = "SSSSSS"  # sharing plan, bottom to top (see multitask.sharing)
+    plan: str | None = None  # sharing plan, bottom to top (see multitask.sharing); None = all shared
     checkpoint: str = "minilm"  # pretrained folder or name; "random" for an untrained encoder
     data: str = "demo"  # CS224N data folder, or "demo" for the synthetic corpus
     hidden_size: int | None = None  # with checkpoint="random": width of the random encoder
@@ -51,6 +51,7 @@ class TrainConfig:
     sampling: str = "proportional"  # round_robin | proportional | annealed
     pair_encoding: str = "joint"  # joint | siamese
     head_dropout: float = 0.1
+    dropout: float | None = None  # encoder dropout everywhere; None keeps the checkpoint's
     eval_every: int | None = None  # steps between dev evaluations; default once per epoch
     max_eval_examples: int | None = None  # cap each dev set (quick looks); None = the whole set
     seed: int = 0
@@ -120,20 +121,25 @@ def build_pretrained(config: TrainConfig) -> BertModel:
     """The pretrained encoder, or a randomly initialised one of the asked width for 'random'."""
     if config.checkpoint == "random":
         from minbert import BertConfig
+        from minbert.checkpoint import embedded_checkpoint_dir
 
-        base = BertModel.from_pretrained().config  # the default vocabulary and shape, resized
+        base = BertConfig.from_json(embedded_checkpoint_dir() / "config.json")  # vocabulary and depth
         width = config.hidden_size or base.hidden_size
-        heads = max(1, width // 64) if width % 64 == 0 else base.num_attention_heads
+        if width % 32:
+            raise ValueError(f"hidden_size {width} must be a multiple of 32 (heads of 64 or 32 dimensions)")
         shape = BertConfig(
             vocab_size=base.vocab_size,
             hidden_size=width,
             num_hidden_layers=config.num_layers or base.num_hidden_layers,
-            num_attention_heads=heads,
+            num_attention_heads=width // 64 if width % 64 == 0 else width // 32,
             intermediate_size=4 * width,
         )
         torch.manual_seed(config.seed)
-        return BertModel(shape, backend=config.backend)
+        model = BertModel(shape, backend=config.backend)
+        return model if config.dropout is None else model.set_dropout(config.dropout)
     model = BertModel.from_pretrained(config.checkpoint, backend=config.backend)
+    if config.dropout is not None:
+        model.set_dropout(config.dropout)
     for name, wanted in (("hidden_size", config.hidden_size), ("num_hidden_layers", config.num_layers)):
         if wanted is not None and getattr(model.config, name) != wanted:
             raise ValueError(
@@ -161,7 +167,8 @@ class Trainer:
 
         tasks = make_tasks(config.tasks, config.data)
         pretrained = build_pretrained(config)
-        self.plan = parse_plan(config.plan, config.tasks, pretrained.config.num_hidden_layers)
+        depth = pretrained.config.num_hidden_layers
+        self.plan = parse_plan(config.plan or "S" * depth, config.tasks, depth)
         self.tokenizer = BertTokenizer.from_pretrained(None if config.checkpoint == "random" else config.checkpoint)
         self.data = [self._load(task) for task in tasks]
         torch.manual_seed(config.seed)  # head initialisation
@@ -315,7 +322,7 @@ class Trainer:
         resumed = False if fresh else self._try_resume()
         sizes = [len(d.train) for d in self.data]
         sampler = self.memory_sampler(self.device) if self.memory_sampler else contextlib.nullcontext()
-        bar = tqdm(total=self.total_steps, initial=self.state["step"], desc=f"train {self.config.plan}",
+        bar = tqdm(total=self.total_steps, initial=self.state["step"], desc=f"train {self.plan}",
                    disable=not self._bars(), unit="step")
         self.model.train()
         with sampler as memory:
@@ -375,7 +382,7 @@ class Trainer:
             "metrics": final,
             "best": s["best"],
             "accounting": account_model(self.model),
-            "memory": dataclasses.asdict(reading) if dataclasses.is_dataclass(reading) else reading,
+            "memory": reading.to_dict() if reading is not None else None,
             "timing": {
                 "train_seconds": round(s["train_seconds"], 3),
                 "steps": s["step"],

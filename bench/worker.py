@@ -1,0 +1,49 @@
+"""One sweep run in its own process: `python -m bench.worker CONFIG.json RECORD.json`.
+
+Writes the run's record (status "ok"), or a record of the failure it caught ("oom" for a
+CUDA out-of-memory, "failed" otherwise) with the memory reading up to that point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+from multitask.trainer import TrainConfig, Trainer, resolve_device
+
+from .memory import MemorySampler
+
+
+def main(argv: list[str]) -> int:
+    spec, out = Path(argv[0]), Path(argv[1])
+    config = TrainConfig(**json.loads(spec.read_text()))
+    samplers: list[MemorySampler] = []
+
+    def sampler(device: torch.device) -> MemorySampler:
+        samplers.append(MemorySampler(device))
+        return samplers[-1]
+
+    try:
+        record = Trainer(config, memory_sampler=sampler).train()
+    except Exception as err:  # the run failed; its record says how, the sweep goes on
+        oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+        record = {
+            "status": "oom" if oom else "failed",
+            "error": "".join(traceback.format_exception_only(err)).strip() + "\n" + traceback.format_exc(limit=-3),
+            "config": json.loads(spec.read_text()),
+            "memory": samplers[-1].result().to_dict() if samplers else None,
+            "device": str(resolve_device(config.device)),
+        }
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, out)
+    return 0 if record["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,154 @@
+"""The trainer: budgets, results, frozen weights untouched, NaN stops, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from multitask.trainer import TrainConfig, Trainer, TrainingError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(tmp_path: Path, **overrides) -> TrainConfig:
+    """A small random encoder on the demo corpus: seconds per run on a CPU."""
+    settings = dict(
+        tasks=["sst", "para", "sts"], plan="FS", checkpoint="random", hidden_size=32, num_layers=2,
+        data="demo", steps=6, batch_size=8, max_length=32, eval_every=3, max_eval_examples=24,
+        lr=1e-3, out_dir=str(tmp_path / "run"), progress=False, backend="torch",
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_run_writes_record_with_metrics_curve_and_accounting(tmp_path):
+    record = Trainer(tiny(tmp_path)).train()
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved == json.loads(json.dumps(record))
+    assert set(record["metrics"]) == {"sst_acc", "para_acc", "sts_r", "overall"}
+    assert [point["step"] for point in record["curve"]] == [3, 6]
+    assert record["timing"]["steps"] == 6 and record["timing"]["examples_per_second"] > 0
+    assert record["config"]["plan"] == "FS" and record["config"]["hidden_size"] == 32
+    assert record["config"]["pretrained"] is False and record["config"]["corpus"] == "demo"
+    assert record["accounting"]["trainable_params"] < record["accounting"]["unique_params"]
+    assert set(record["accounting"]["per_task"]) == {"sst", "para", "sts"}
+    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_frozen_pieces_are_bit_identical_after_training(tmp_path):
+    trainer = Trainer(tiny(tmp_path, plan="FS"))
+    frozen = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if not p.requires_grad}
+    trained = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert frozen and trained
+    trainer.train()
+    params = dict(trainer.model.named_parameters())
+    for name, before in frozen.items():
+        assert torch.equal(params[name], before), name
+        assert trainer.optimizer.state.get(params[name]) is None, name
+    assert any(not torch.equal(params[name], before) for name, before in trained.items())
+
+
+def test_budget_in_epochs_counts_batches_of_all_tasks(tmp_path):
+    trainer = Trainer(tiny(tmp_path, steps=None, epochs=0.05))
+    expected = round(0.05 * trainer.batches_per_epoch)
+    assert trainer.total_steps == expected
+    record = trainer.train()
+    assert record["timing"]["steps"] == expected
+
+
+def test_budget_in_seconds_stops_the_run(tmp_path):
+    record = Trainer(tiny(tmp_path, steps=None, seconds=1.0, eval_every=1000)).train()
+    assert 1.0 <= record["timing"]["train_seconds"] < 30
+
+
+def test_nan_loss_names_task_and_step(tmp_path, monkeypatch):
+    trainer = Trainer(tiny(tmp_path, sampling="round_robin"))
+    real_loss = trainer.model.loss
+
+    def poisoned(task, outputs, labels):
+        loss = real_loss(task, outputs, labels)
+        return loss * float("nan") if task == "para" else loss
+
+    monkeypatch.setattr(trainer.model, "loss", poisoned)
+    with pytest.raises(TrainingError, match=r"para loss is nan at step 2"):
+        trainer.train()
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
+    straight = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "straight"), steps=6))
+    straight.train()
+    first = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "split"), steps=3))
+    first.train()
+    second = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "split"), steps=6))
+    record = second.train()
+    assert record["resumed"] is True and record["timing"]["steps"] == 6
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [p["step"] for p in record["curve"]] == [3, 6]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    Trainer(tiny(tmp_path, steps=3)).train()
+    with pytest.raises(TrainingError, match="different settings.*lr"):
+        Trainer(tiny(tmp_path, steps=6, lr=5e-4)).train()
+    record = Trainer(tiny(tmp_path, steps=3, lr=5e-4)).train(fresh=True)
+    assert record["resumed"] is False
+
+
+def test_bad_settings_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny(tmp_path, batch_size=0)
+    with pytest.raises(ValueError, match="sampling"):
+        tiny(tmp_path, sampling="random")
+    with pytest.raises(ValueError, match="covers 3 layers but the model has 2"):
+        Trainer(tiny(tmp_path, plan="FSS"))
+    with pytest.raises(ValueError, match="unknown task"):
+        Trainer(tiny(tmp_path, tasks=["sst", "nli"]))
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "multitask.cli", *args]
+
+
+TINY_CLI = ["train", "--checkpoint", "random", "--hidden-size", "32", "--num-layers", "2", "--plan", "SS",
+            "--data", "demo", "--batch-size", "8", "--max-length", "32", "--max-eval-examples", "16",
+            "--backend", "torch", "--quiet"]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    out = tmp_path / "killed"
+    command = _cli(*TINY_CLI, "--steps", "400", "--eval-every", "2", "--out", str(out))
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").is_file():
+        assert child.poll() is None, child.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint within two minutes"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    saved = torch.load(out / "last.pt", weights_only=False)["state"]["step"]
+    assert 2 <= saved < 400
+    finish = subprocess.run(_cli(*TINY_CLI, "--steps", str(saved + 4), "--eval-every", "2", "--out", str(out)),
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    record = json.loads((out / "results.json").read_text())
+    assert record["resumed"] is True and record["timing"]["steps"] == saved + 4
+    assert record["curve"][0]["step"] == 2  # the curve from before the kill is kept
+
+
+def test_cli_reports_bad_plan_in_one_line(tmp_path):
+    result = subprocess.run(_cli(*TINY_CLI, "--plan", "SSX", "--out", str(tmp_path / "x")), cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("mops: error: ") and "'X'" in result.stderr
+    assert not (tmp_path / "x").exists()
