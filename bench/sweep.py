@@ -24,7 +24,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from multitask.trainer import TrainConfig
+from multitask.environment import device_name
+from multitask.trainer import TrainConfig, resolve_device
 
 from .records import append_record, completed_ids, run_id
 
@@ -109,7 +110,7 @@ def shard_results_path(results: str | os.PathLike, shard: tuple[int, int]) -> Pa
 
 def _failure_record(config: TrainConfig, rid: str, status: str, error: str, seconds: float) -> dict:
     return {"run_id": rid, "status": status, "error": error, "config": dataclasses.asdict(config),
-            "timing": {"wall_seconds": round(seconds, 3)}}
+            "timing": {"wall_seconds": round(seconds, 3)}, "device": device_name(resolve_device(config.device))}
 
 
 def _classify_failure(returncode: int, stderr: str) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from multitask.environment import device_name
 from multitask.trainer import TrainConfig, Trainer, resolve_device
 
 from .memory import MemorySampler
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> int:
             "error": "".join(traceback.format_exception_only(err)).strip() + "\n" + traceback.format_exc(limit=-3),
             "config": json.loads(spec.read_text()),
             "memory": samplers[-1].result().to_dict() if samplers else None,
-            "device": str(resolve_device(config.device)),
+            "device": device_name(resolve_device(config.device)),
         }
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(record))

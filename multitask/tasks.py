@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -34,11 +35,16 @@ def _cs224n_loader(task: str, data_dir: str | os.PathLike) -> Callable[[str], li
     return lambda split: load_split(task, split, data_dir).examples
 
 
+@functools.lru_cache(maxsize=4)
+def _demo_corpus(seed: int) -> dict[str, dict[str, list[Example]]]:
+    from .synthetic import make_corpus
+
+    return make_corpus(seed)
+
+
 def _demo_loader(task: str, seed: int) -> Callable[[str], list[Example]]:
     def load(split: str) -> list[Example]:
-        from .synthetic import make_corpus
-
-        corpus = make_corpus(seed)
+        corpus = _demo_corpus(seed)
         if split not in corpus[task]:
             raise DataError(f"the demo corpus has no {split!r} split for {task}; it has {', '.join(corpus[task])}")
         return corpus[task][split]
