@@ -1,11 +1,144 @@
-"""One AdamW step over many tensors: the math of minbert.optim.AdamW, fused on CUDA."""
+"""One AdamW step over many tensors: the math of minbert.optim.AdamW, fused on CUDA.
+
+The math is `kernels.reference.adamw_step`, per element, in fp32:
+
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+    p -= step_size * m / (sqrt(v) + eps)       step_size = lr sqrt(1 - b2^t) / (1 - b1^t) (or lr)
+    p -= lr * weight_decay * p                 after the Adam update, on the updated p
+
+One launch covers every tensor of a call (per combination of dtypes). The launcher builds
+two small device tables:
+
+    table  (T, 5) int64   addresses of p, g, m, v and the element count of tensor i
+    blocks (nb, 2) int32  for program b: which tensor, and which BLOCK-sized chunk of it
+
+and program b turns the addresses back into typed pointers (an int64 -> pointer cast, which
+compiled Triton and the CPU interpreter both support; under the interpreter the addresses
+are those of the CPU tensors themselves, so the same kernel serves the tests). Chunks that
+lie wholly inside their tensor take an unmasked path the compiler can vectorise; only the
+last chunk of a tensor is masked. The tables are cached by (addresses, sizes, dtypes), so an
+optimizer stepping the same tensors reuses them; any change of tensor, size or storage
+makes a new key.
+
+Tensors the kernel does not take (float64, non-contiguous, or a grad/state whose layout
+differs from its parameter) go through the PyTorch twin instead, so no input is refused.
+"""
 
 from __future__ import annotations
+
+import math
+from collections import OrderedDict
 
 import torch
 
 from . import reference
 from .backend import resolve_backend
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - the torch path needs no Triton
+    triton = None
+
+BLOCK = 4096  # elements per program
+_NUM_WARPS = 8  # 16 elements a thread: four 16-byte loads of each fp32 tensor
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_CACHE_SIZE = 16
+
+
+if triton is not None:
+
+    @triton.jit
+    def _adamw_kernel(
+        TABLE, BLOCKS,  # (T, 5) int64, (num_blocks, 2) int32
+        P_LIKE, G_LIKE, M_LIKE, V_LIKE,  # any tensor of each element type: only their pointer types are used
+        beta1, beta2, one_minus_beta1, one_minus_beta2, eps, neg_step_size, neg_decay,
+        ALIGNED: tl.constexpr, HAS_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        tensor = tl.load(BLOCKS + 2 * pid).to(tl.int64)
+        chunk = tl.load(BLOCKS + 2 * pid + 1).to(tl.int64)
+        row = TABLE + 5 * tensor
+        p_ptr = tl.load(row).to(P_LIKE.dtype)
+        g_ptr = tl.load(row + 1).to(G_LIKE.dtype)
+        m_ptr = tl.load(row + 2).to(M_LIKE.dtype)
+        v_ptr = tl.load(row + 3).to(V_LIKE.dtype)
+        n = tl.load(row + 4)
+        if ALIGNED:  # every address is a multiple of 16 bytes: allow vector loads
+            p_ptr = tl.multiple_of(p_ptr, 16)
+            g_ptr = tl.multiple_of(g_ptr, 16)
+            m_ptr = tl.multiple_of(m_ptr, 16)
+            v_ptr = tl.multiple_of(v_ptr, 16)
+        start = chunk * BLOCK
+        offs = start + tl.arange(0, BLOCK)
+        if start + BLOCK <= n:
+            p = tl.load(p_ptr + offs).to(tl.float32)
+            g = tl.load(g_ptr + offs).to(tl.float32)
+            m = tl.load(m_ptr + offs).to(tl.float32)
+            v = tl.load(v_ptr + offs).to(tl.float32)
+            m = m * beta1 + one_minus_beta1 * g
+            v = v * beta2 + one_minus_beta2 * (g * g)
+            p = p + neg_step_size * tl.math.div_rn(m, tl.sqrt_rn(v) + eps)
+            if HAS_DECAY:
+                p = p + neg_decay * p
+            tl.store(m_ptr + offs, m.to(M_LIKE.dtype.element_ty))
+            tl.store(v_ptr + offs, v.to(V_LIKE.dtype.element_ty))
+            tl.store(p_ptr + offs, p.to(P_LIKE.dtype.element_ty))
+        else:
+            mask = offs < n
+            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            m = m * beta1 + one_minus_beta1 * g
+            v = v * beta2 + one_minus_beta2 * (g * g)
+            p = p + neg_step_size * tl.math.div_rn(m, tl.sqrt_rn(v) + eps)
+            if HAS_DECAY:
+                p = p + neg_decay * p
+            tl.store(m_ptr + offs, m.to(M_LIKE.dtype.element_ty), mask=mask)
+            tl.store(v_ptr + offs, v.to(V_LIKE.dtype.element_ty), mask=mask)
+            tl.store(p_ptr + offs, p.to(P_LIKE.dtype.element_ty), mask=mask)
+
+
+# (device, dtypes, addresses, sizes) -> (table, blocks, aligned), least recently used first
+_tables: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, bool]] = OrderedDict()
+
+
+def _kernel_takes(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> bool:
+    return all(t.dtype in _KERNEL_DTYPES and t.is_contiguous() and t.device == p.device for t in (p, g, m, v)) and (
+        g.shape == m.shape == v.shape == p.shape
+    )
+
+
+def _tables_for(tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """The (table, blocks) pair for these tensors, built once per distinct key."""
+    addresses = tuple(t.data_ptr() for quad in tensors for t in quad)
+    sizes = tuple(quad[0].numel() for quad in tensors)
+    device = tensors[0][0].device
+    dtypes = tuple(t.dtype for t in tensors[0])
+    key = (device, dtypes, addresses, sizes, BLOCK)
+    hit = _tables.get(key)
+    if hit is not None:
+        _tables.move_to_end(key)
+        return hit
+    rows = [addresses[4 * i: 4 * i + 4] + (n,) for i, n in enumerate(sizes)]
+    table = torch.tensor(rows, dtype=torch.int64)  # (T, 5)
+    chunks = [math.ceil(n / BLOCK) for n in sizes]
+    tensor_index = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32), torch.tensor(chunks))
+    starts = torch.tensor([0] + chunks[:-1]).cumsum(0)
+    chunk_index = torch.arange(sum(chunks)) - torch.repeat_interleave(starts, torch.tensor(chunks))
+    blocks = torch.stack([tensor_index, chunk_index.to(torch.int32)], dim=1).contiguous()  # (num_blocks, 2)
+    aligned = all(a % 16 == 0 for a in addresses)
+    entry = (table.to(device), blocks.to(device), aligned)
+    _tables[key] = entry
+    if len(_tables) > _CACHE_SIZE:
+        _tables.popitem(last=False)
+    return entry
+
+
+def clear_cache() -> None:
+    """Drop the cached tables (small int tensors; they keep no reference to any parameter)."""
+    _tables.clear()
 
 
 def adamw_step(
@@ -28,4 +161,32 @@ def adamw_step(
     hyper = dict(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
     if resolve_backend(backend, *params, op="adamw_step") == "torch":
         return reference.adamw_step(params, grads, exp_avgs, exp_avg_sqs, **hyper)
-    raise NotImplementedError("adamw_step: the Triton kernel is not written yet")
+    if triton is None:
+        raise RuntimeError("adamw_step: backend='triton' needs the `triton` package")
+    if not (len(params) == len(grads) == len(exp_avgs) == len(exp_avg_sqs)):
+        raise ValueError(
+            f"adamw_step: params, grads, exp_avgs and exp_avg_sqs must have the same length, got "
+            f"{len(params)}, {len(grads)}, {len(exp_avgs)}, {len(exp_avg_sqs)}"
+        )
+    groups: dict[tuple, list] = {}
+    rest: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for quad in zip(params, grads, exp_avgs, exp_avg_sqs):
+        if not _kernel_takes(*quad):
+            rest.append(quad)
+        elif quad[0].numel() > 0:
+            groups.setdefault((quad[0].device,) + tuple(t.dtype for t in quad), []).append(quad)
+    if rest:
+        reference.adamw_step(*(list(t) for t in zip(*rest)), **hyper)
+
+    step_size = lr
+    if correct_bias:
+        step_size = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+    for tensors in groups.values():
+        table, blocks, aligned = _tables_for(tensors)
+        p0, g0, m0, v0 = tensors[0]
+        _adamw_kernel[(blocks.shape[0],)](
+            table, blocks, p0, g0, m0, v0,
+            float(beta1), float(beta2), 1.0 - beta1, 1.0 - beta2, float(eps),
+            -float(step_size), -float(lr * weight_decay),
+            ALIGNED=aligned, HAS_DECAY=weight_decay != 0.0, BLOCK=BLOCK, num_warps=_NUM_WARPS,
+        )

@@ -1,0 +1,219 @@
+"""kernels.adamw_step (one launch over many tensors) against its PyTorch twin, over several steps.
+
+In float32 the kernel and the twin do the same operations in the same order, so they may
+differ only by rounding (fused multiply-adds, vectorised CPU code): a few units in the last
+place of each value, relative to the size of the terms that make it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import kernels
+import kernels.adamw
+import kernels.backend
+from kernels import reference
+from minbert import AdamW
+
+CUDA = torch.cuda.is_available()
+# Where the Triton path runs: the GPU when there is one, else the CPU interpreter (conftest.py).
+DEVICE = "cuda" if CUDA else "cpu"
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+BLOCK = kernels.adamw.BLOCK
+# Sizes around the block (one element, one block exactly, one past it, many blocks, 2-D).
+SHAPES = [(1,), (17,), (BLOCK,), (BLOCK + 1,), (3, 1000), (2 * BLOCK + 123,), (768,), (5, 7, 11)]
+ULP = torch.finfo(torch.float32).eps
+
+
+def _state(shapes, dtype, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=g).to(device, dtype) for s in shapes]
+    exp_avgs = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    exp_avg_sqs = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    return params, exp_avgs, exp_avg_sqs
+
+
+def _grads(params, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(p.shape, generator=g).to(p.device, p.dtype) for p in params]
+
+
+def _assert_close_ulps(got, want, scale, ulps=8):
+    """|got - want| <= ulps * eps32 * (|want| + scale), element by element."""
+    bound = ulps * ULP * (want.abs() + scale)
+    err = (got.double() - want.double()).abs()
+    worst = (err / bound).max().item()
+    assert worst <= 1.0, f"max error {err.max().item():.3e} is {worst:.2f} x the bound"
+
+
+@pytest.mark.parametrize("correct_bias", [True, False], ids=["corrected", "uncorrected"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05], ids=["nodecay", "decay"])
+def test_matches_reference_over_steps(weight_decay, correct_bias):
+    lr = 1e-2
+    hyper = dict(lr=lr, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=weight_decay, correct_bias=correct_bias)
+    params, ms, vs = _state(SHAPES, torch.float32, DEVICE, seed=0)
+    ref_params, ref_ms, ref_vs = [p.clone() for p in params], [m.clone() for m in ms], [v.clone() for v in vs]
+    start = [p.clone() for p in params]
+    for step in range(1, 5):
+        grads = _grads(params, seed=step)
+        prev_ms, prev_vs = [m.clone() for m in ref_ms], [v.clone() for v in ref_vs]
+        kernels.adamw_step(params, grads, ms, vs, step=step, backend="triton", **hyper)
+        reference.adamw_step(ref_params, grads, ref_ms, ref_vs, step=step, **hyper)
+        for p, rp, m, rm, pm, v, rv, pv, g in zip(params, ref_params, ms, ref_ms, prev_ms, vs, ref_vs, prev_vs, grads):
+            # each moment is a sum of two terms; rounding is relative to the larger of them
+            _assert_close_ulps(m, rm, scale=pm.abs() + g.abs())
+            _assert_close_ulps(v, rv, scale=pv + g * g)
+            # the Adam move is at most a few lr (m / sqrt(v) <= 1 / sqrt(1 - beta2) only at
+            # step 1 without bias correction, about 3.2); its rounding costs ulps of that
+            _assert_close_ulps(p, rp, scale=10 * lr)
+    moved = [(p - s).abs().max().item() for p, s in zip(params, start)]
+    assert min(moved) > 0.1 * lr, "every tensor, the 1-element one included, must have been updated"
+
+
+def test_one_element_by_hand():
+    """p = 1, g = 0.5, m = v = 0, step 1, lr 0.1, betas (0.9, 0.999), eps 1e-8, decay 0.01:
+    m = 0.1 * 0.5 = 0.05;  v = 0.001 * 0.25 = 0.00025
+    step_size = 0.1 * sqrt(0.001) / 0.1 = 0.0316227766
+    update = 0.0316227766 * 0.05 / (0.0158113883 + 1e-8) = 0.0999999368
+    p = 1 - 0.0999999368 = 0.9000000632;  then p -= 0.1 * 0.01 * p  ->  0.8991000631
+    """
+    p = torch.tensor([1.0, 7.0], device=DEVICE)
+    g = torch.tensor([0.5, 0.0], device=DEVICE)
+    m, v = torch.zeros(2, device=DEVICE), torch.zeros(2, device=DEVICE)
+    kernels.adamw_step(
+        [p], [g], [m], [v], step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
+        correct_bias=True, backend="triton",
+    )
+    assert m[0].item() == pytest.approx(0.05, rel=1e-6)
+    assert v[0].item() == pytest.approx(0.00025, rel=1e-6)
+    assert p[0].item() == pytest.approx(0.8991000631, rel=1e-6)
+    # zero gradient: no Adam move, only the decay: 7 * (1 - 0.001)
+    assert p[1].item() == pytest.approx(6.993, rel=1e-6)
+
+
+def test_tables_follow_changing_tensors():
+    """A cached address table must not be reused for different tensors or sizes."""
+    hyper = dict(step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, correct_bias=True)
+    for shapes in ([(100,), (BLOCK + 5,)], [(100,), (BLOCK + 5,)], [(100,), (37,)]):
+        params, ms, vs = _state(shapes, torch.float32, DEVICE, seed=11)
+        ref = [p.clone() for p in params], [m.clone() for m in ms], [v.clone() for v in vs]
+        grads = _grads(params, seed=12)
+        kernels.adamw_step(params, grads, ms, vs, backend="triton", **hyper)
+        reference.adamw_step(ref[0], grads, ref[1], ref[2], **hyper)
+        for p, rp in zip(params, ref[0]):
+            _assert_close_ulps(p, rp, scale=0.1)
+
+
+def test_tensors_the_kernel_does_not_take_still_step():
+    """float64 and non-contiguous tensors go through the twin inside the same call."""
+    hyper = dict(step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, correct_bias=True)
+    p64 = torch.randn(50, dtype=torch.float64, device=DEVICE)
+    pt = torch.randn(30, 20, device=DEVICE).t()  # non-contiguous
+    p32 = torch.randn(300, device=DEVICE)
+    params = [p64, pt, p32]
+    grads = [torch.randn_like(p) for p in params]
+    ms, vs = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    ref = [p.clone() for p in params], [m.clone() for m in ms], [v.clone() for v in vs]
+    kernels.adamw_step(params, grads, ms, vs, backend="triton", **hyper)
+    reference.adamw_step(ref[0], grads, ref[1], ref[2], **hyper)
+    assert torch.equal(params[0], ref[0][0]) and torch.equal(params[1], ref[0][1])
+    _assert_close_ulps(params[2], ref[0][2], scale=0.1)
+
+
+def test_optimizer_with_triton_backend_matches_torch_backend():
+    """minbert.optim.AdamW over two groups and three steps, the kernel beside the twin."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(65, 33), (65,), (3, 65), (3,)]
+    model = [torch.nn.Parameter(torch.randn(s, generator=g).to(DEVICE)) for s in shapes]
+    twin = [torch.nn.Parameter(p.detach().clone()) for p in model]
+    groups = lambda ps: [  # noqa: E731
+        {"params": [ps[0], ps[2]], "weight_decay": 0.01},
+        {"params": [ps[1], ps[3]], "weight_decay": 0.0},
+    ]
+    opt = AdamW(groups(model), lr=1e-3, backend="triton")
+    opt_twin = AdamW(groups(twin), lr=1e-3, backend="torch")
+    for _ in range(3):
+        for p, q in zip(model, twin):
+            p.grad = torch.randn(p.shape, generator=g).to(DEVICE)
+            q.grad = p.grad.clone()
+        opt.step()
+        opt_twin.step()
+    for a, b in zip(model, twin):
+        _assert_close_ulps(a.detach(), b.detach(), scale=1e-2)
+
+
+def test_auto_uses_twin_on_cpu():
+    params, ms, vs = _state([(10,)], torch.float32, "cpu", seed=1)
+    ref = [p.clone() for p in params], [m.clone() for m in ms], [v.clone() for v in vs]
+    grads = _grads(params, seed=2)
+    hyper = dict(step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, correct_bias=True)
+    kernels.adamw_step(params, grads, ms, vs, **hyper)
+    reference.adamw_step(ref[0], grads, ref[1], ref[2], **hyper)
+    assert torch.equal(params[0], ref[0][0])
+
+
+def test_triton_on_cpu_without_interpreter_says_so(monkeypatch):
+    monkeypatch.setattr(kernels.backend, "interpreter_enabled", lambda: False)
+    params, ms, vs = _state([(10,)], torch.float32, "cpu", seed=1)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        kernels.adamw_step(
+            params, _grads(params, 2), ms, vs, step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6,
+            weight_decay=0.0, correct_bias=True, backend="triton",
+        )
+
+
+@needs_cuda
+def test_many_tensors_cuda():
+    """BERT-like list: 200 tensors, large and small, fp32, several steps."""
+    shapes = [(768, 768), (768,), (3072, 768), (3072,), (768, 3072), (2, 768), (512, 768)] * 28 + [(30522, 768)]
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, correct_bias=True)
+    params, ms, vs = _state(shapes, torch.float32, "cuda", seed=0)
+    ref = [p.clone() for p in params], [m.clone() for m in ms], [v.clone() for v in vs]
+    for step in range(1, 4):
+        grads = _grads(params, seed=step)
+        kernels.adamw_step(params, grads, ms, vs, step=step, backend="triton", **hyper)
+        reference.adamw_step(ref[0], grads, ref[1], ref[2], step=step, **hyper)
+    for p, rp, m, rm in zip(params, ref[0], ms, ref[1]):
+        _assert_close_ulps(p, rp, scale=10 * hyper["lr"])
+        _assert_close_ulps(m, rm, scale=1.0)
+
+
+@needs_cuda
+def test_bf16_params_fp32_states_cuda():
+    """bf16 parameters and grads, fp32 moments: the fp32 math, rounded once to bf16."""
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, correct_bias=True)
+    params, ms, vs = _state(SHAPES, torch.bfloat16, "cuda", seed=0)
+    ref_params = [p.float() for p in params]
+    ref_ms, ref_vs = [m.clone() for m in ms], [v.clone() for v in vs]
+    grads = _grads(params, seed=1)
+    kernels.adamw_step(params, grads, ms, vs, step=1, backend="triton", **hyper)
+    reference.adamw_step(ref_params, [g.float() for g in grads], ref_ms, ref_vs, step=1, **hyper)
+    for p, rp, m, rm in zip(params, ref_params, ms, ref_ms):
+        assert p.dtype == torch.bfloat16 and m.dtype == torch.float32
+        # one rounding to bf16 (half a bf16 ulp, 2^-8 relative) of the fp32 result
+        bound = 2.0**-8 * rp.abs() + 8 * ULP * 10 * hyper["lr"]
+        assert ((p.float() - rp).abs() <= bound).all()
+        _assert_close_ulps(m, rm, scale=1.0)
+
+
+def test_one_launch_per_call(monkeypatch):
+    calls = []
+    kernel = kernels.adamw._adamw_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(kernels.adamw, "_adamw_kernel", Counting())
+    params, ms, vs = _state(SHAPES, torch.float32, DEVICE, seed=0)
+    kernels.adamw_step(
+        params, _grads(params, 1), ms, vs, step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6,
+        weight_decay=0.0, correct_bias=True, backend="triton",
+    )
+    assert len(calls) == 1
+    assert calls[0] == (sum(math.ceil(math.prod(s) / BLOCK) for s in SHAPES),)
