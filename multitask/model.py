@@ -50,6 +50,8 @@ class TaskHead(nn.Module):
         self.linear = nn.Linear(hidden_size * (4 if self.siamese else 1), task.num_labels)
 
     def forward(self, pooled: torch.Tensor, pooled_b: torch.Tensor | None = None) -> torch.Tensor:
+        if self.siamese != (pooled_b is not None):
+            raise ValueError("a siamese pair head needs the second sentences' batch, and only a siamese head takes one")
         if self.siamese:
             pooled = torch.cat([pooled, pooled_b, (pooled - pooled_b).abs(), pooled * pooled_b], dim=-1)
         return self.linear(self.dropout(pooled))  # (B, num_labels)

@@ -18,6 +18,8 @@ def task_weights(sizes: Sequence[int], sampling: str, progress: float) -> list[f
     `annealed` follows "BERT and PALs": p_i ∝ n_i^alpha with alpha = 1 - 0.8 * progress, so
     sampling starts proportional to data size and moves towards uniform.
     """
+    if sampling == "round_robin":
+        return [1.0 / len(sizes)] * len(sizes)  # uniform on average, in a fixed cycle
     if sampling == "proportional":
         alpha = 1.0
     elif sampling == "annealed":
@@ -33,7 +35,7 @@ def task_at_step(step: int, sizes: Sequence[int], sampling: str, seed: int, prog
     """Index of the task that trains at `step` (0-based)."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    if any(size <= 0 for size in sizes):
+    if not sizes or any(size <= 0 for size in sizes):
         raise ValueError(f"every task needs training examples; sizes {list(sizes)}")
     if sampling == "round_robin":
         return step % len(sizes)

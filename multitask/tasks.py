@@ -93,7 +93,7 @@ def overall_score(metrics: dict[str, float]) -> float:
 
     With sst, para and sts this is (sst_acc + para_acc + (sts_r + 1) / 2) / 3.
     """
-    parts = [(value + 1) / 2 if key.endswith("_r") else value for key, value in metrics.items()]
+    parts = [(value + 1) / 2 if key.endswith("_r") else value for key, value in metrics.items() if key != "overall"]
     if not parts:
         raise ValueError("no metrics to combine")
     return sum(parts) / len(parts)
