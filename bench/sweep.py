@@ -71,7 +71,10 @@ class SweepConfig:
         unknown = set(raw) - names
         if unknown:
             raise ValueError(f"{path}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(names))}")
-        return cls(**raw)
+        try:
+            return cls(**raw)
+        except ValueError as err:  # a bad [train] table or an empty grid: say which file
+            raise ValueError(f"{path}: {err}") from None
 
 
 def grid(sweep: SweepConfig) -> list[TrainConfig]:

@@ -33,7 +33,7 @@ def attention(
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, L, L)
     if key_keep is not None:
         scores = scores.masked_fill(~key_keep, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row with no real key attends to nothing
     probs = probs * dropout_mask / (1.0 - dropout_p)
     return torch.matmul(probs, v.float()).to(q.dtype)
 

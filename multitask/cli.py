@@ -212,9 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         code = args.handler(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
-        # Bad input (data, checkpoints, plans: ValueError) and runs that cannot go on (RuntimeError)
-        # get one clear line; --verbose shows the traceback.
+    except (ValueError, RuntimeError, FileNotFoundError, argparse.ArgumentTypeError) as err:
+        # Bad input (data, checkpoints, plans: ValueError; task names parsed inside a command:
+        # ArgumentTypeError) and runs that cannot go on (RuntimeError) get one clear line;
+        # --verbose shows the traceback.
         if args.verbose:
             raise
         print(f"mops: error: {err}", file=sys.stderr)

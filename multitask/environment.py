@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from importlib import metadata
 import re
 
 import torch
@@ -30,10 +31,10 @@ def device_tag(device: torch.device | str | None = None) -> str:
 
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "torch": torch.__version__}
-    for module in ("triton", "transformers", "tokenizers"):
-        try:
-            found[module] = __import__(module).__version__
-        except ImportError:
+    for package in ("triton", "transformers", "tokenizers"):
+        try:  # read from package metadata: importing transformers alone takes seconds
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
             pass
     if torch.cuda.is_available():
         found["cuda"] = torch.version.cuda or "unknown"

@@ -1,8 +1,10 @@
-"""One training step (forward, backward, AdamW) of minBERT beside Hugging Face's BertModel.
+"""Training-step benchmarks.
 
-Same checkpoint, same batch (32 x 128, float32). On the CPU both run on 2 threads; the
-ratio of medians (Hugging Face / minBERT) is the figure to record: >= 1.0 means minBERT's
-step is at least as fast.
+* CPU: one step (forward, backward, AdamW) of minBERT beside Hugging Face's BertModel on the
+  same checkpoint and batch (32 x 128, float32, 2 threads); the ratio of medians
+  (Hugging Face / minBERT) is the figure to record: >= 1.0 means minBERT is at least as fast.
+* GPU: BERT-base shapes with the torch and the triton backend, bf16 autocast.
+* A small sweep, end to end.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.suite.conftest import synchronize
-from minbert import AdamW, BertModel
+from bench.suite.conftest import requires_cuda, synchronize
+from minbert import AdamW, BertConfig, BertModel
 from minbert.checkpoint import embedded_checkpoint_dir
 
 BATCH, LENGTH = 32, 128
@@ -63,3 +65,59 @@ def test_train_step_cpu(benchmark, cpu_threads, implementation):
     benchmark.group = "train-step-cpu-minilm-32x128"
     benchmark.extra_info.update(batch=BATCH, length=LENGTH, dtype="float32", threads=2, implementation=implementation)
     benchmark.pedantic(step, rounds=5, iterations=1)
+
+
+@requires_cuda
+@pytest.mark.parametrize("length", [128, 512])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_train_step_bert_base_gpu(benchmark, backend, length):
+    """BERT-base shapes (randomly initialised: the timing does not depend on the weights),
+    bf16 autocast, batch 32; the triton backend's throughput against the torch backend's."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(), backend=backend).to(device).train()
+    optimizer = AdamW(model.parameters(), lr=1e-5, backend="triton" if backend == "triton" else "torch")
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, model.config.vocab_size, (BATCH, length), generator=generator).to(device)
+    lengths = torch.randint(length // 2, length + 1, (BATCH,), generator=generator)
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long().to(device)
+
+    def forward(m):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return m(ids, mask)["pooler_output"]
+
+    step = _step_fn(model, forward, optimizer)
+    for _ in range(3):
+        step()  # compile kernels, allocate optimizer state
+    torch.cuda.reset_peak_memory_stats()
+    benchmark.group = f"train-step-gpu-bert-base-32x{length}"
+    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(
+        batch=BATCH, length=length, dtype="bf16-autocast", backend=backend,
+        tokens_per_second=BATCH * length / benchmark.stats.stats.median,
+        peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+    )
+
+
+def test_small_sweep(benchmark, tmp_path):
+    """Two plans of a tiny sweep on the demo corpus, each in its own process: the harness end to end."""
+    from bench.records import read_records
+    from bench.sweep import SweepConfig, run_sweep
+
+    def sweep():
+        results = tmp_path / f"sweep-{len(list(tmp_path.iterdir()))}.jsonl"
+        config = SweepConfig(
+            checkpoints=["minilm"], plans=["FFFFFF", "FFFSSS"], results=str(results), runs_dir=str(tmp_path / "runs"),
+            train=dict(data="demo", steps=10, eval_every=10, batch_size=16, max_length=48, max_eval_examples=64),
+        )
+        return run_sweep(config, progress=False)
+
+    results = benchmark.pedantic(sweep, rounds=1, iterations=1)
+    records = read_records([results])
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    benchmark.extra_info.update(
+        runs=len(records),
+        peak_bytes=max(r["memory"]["peak_bytes"] for r in records),
+        memory_source=records[0]["memory"]["source"],
+        overall={r["config"]["plan"]: r["metrics"]["overall"] for r in records},
+    )
