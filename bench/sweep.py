@@ -42,10 +42,17 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     train: dict = field(default_factory=dict)  # any other TrainConfig field, shared by every run
     results: str = "results/sweep.jsonl"
-    runs_dir: str = "results/runs"  # each run's checkpoints and results.json
+    runs_dir: str | None = None  # each run's checkpoints and results.json; default: beside `results`
     timeout_s: float | None = None  # per run; a run past it is stopped and recorded as failed
 
     def __post_init__(self) -> None:
+        for name in ("checkpoints", "widths", "plans", "task_sets", "seeds"):
+            if not isinstance(getattr(self, name), (list, tuple)):
+                raise ValueError(f"{name} must be a list, got {getattr(self, name)!r}")
+        if any(isinstance(tasks, str) for tasks in self.task_sets):
+            raise ValueError(f"task_sets must be a list of task lists, e.g. [['sst', 'para', 'sts']], got {self.task_sets!r}")
+        if self.runs_dir is None:  # results/x.jsonl -> results/x.runs/: sweeps with different files never share runs
+            self.runs_dir = str(Path(self.results).with_suffix(".runs"))
         if not self.plans:
             raise ValueError("a sweep needs at least one plan")
         if not self.checkpoints and not self.widths:
@@ -126,6 +133,16 @@ def _classify_failure(returncode: int, stderr: str) -> tuple[str, str]:
     return "failed", f"exit code {returncode}\n{text}"
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to end the run if the sweep process dies, so a
+    killed sweep leaves no orphan training in the run folder its rerun will use."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def run_one(config: TrainConfig, rid: str, timeout_s: float | None = None) -> dict:
     """Train `config` in a child process and return its record (or a failure record)."""
     with tempfile.TemporaryDirectory(prefix="mops-run-") as scratch:
@@ -135,7 +152,7 @@ def run_one(config: TrainConfig, rid: str, timeout_s: float | None = None) -> di
         try:
             child = subprocess.run(
                 [sys.executable, "-m", "bench.worker", str(spec), str(out)],
-                capture_output=True, text=True, timeout=timeout_s,
+                capture_output=True, text=True, timeout=timeout_s, preexec_fn=_die_with_parent,
             )
         except subprocess.TimeoutExpired:
             return _failure_record(config, rid, "failed", f"stopped after the {timeout_s} s per-run limit",

@@ -40,6 +40,8 @@ def _add_training_options(parser: argparse.ArgumentParser, sweep: bool = False) 
         group.add_argument("--hidden-size", type=int, default=None, help="width of a random encoder")
         group.add_argument("--num-layers", type=int, default=None, help="depth of a random encoder")
         group.add_argument("--seed", type=int, default=0)
+    if sweep:
+        group.add_argument("--num-layers", type=int, default=None, help="depth of the random encoders of --widths")
     group.add_argument("--data", default=None, help="folder with the CS224N files, or 'demo' (default: demo)")
     group.add_argument("--epochs", type=float, default=None, help="budget in passes over all training batches")
     group.add_argument("--steps", type=int, default=None, help="budget in optimizer steps")
@@ -58,7 +60,7 @@ def _add_training_options(parser: argparse.ArgumentParser, sweep: bool = False) 
     group.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
 
 
-TRAIN_FIELDS = ("data", "epochs", "steps", "seconds", "batch_size", "lr", "weight_decay", "max_length", "sampling",
+TRAIN_FIELDS = ("num_layers", "data", "epochs", "steps", "seconds", "batch_size", "lr", "weight_decay", "max_length", "sampling",
                 "dropout", "head_dropout", "pair_encoding", "eval_every", "max_eval_examples", "backend", "device")
 
 
@@ -80,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = _training_settings(args)
     config = TrainConfig(
         tasks=args.tasks, plan=args.plan, checkpoint=args.checkpoint, hidden_size=args.hidden_size,
-        num_layers=args.num_layers, seed=args.seed, out_dir=args.out, progress=not args.quiet, **settings,
+        seed=args.seed, out_dir=args.out, progress=not args.quiet, **settings,
     )
     try:
         record = Trainer(config, memory_sampler=MemorySampler).train(fresh=args.fresh)

@@ -429,3 +429,15 @@ def test_sweep_needs_a_plan_and_an_encoder():
         SweepConfig(plans=[])
     with pytest.raises(ValueError, match="checkpoint or a width"):
         SweepConfig(checkpoints=[], widths=[])
+
+
+def test_runs_live_beside_their_results_file_by_default(tmp_path):
+    first = SweepConfig(results=str(tmp_path / "a.jsonl"))
+    second = SweepConfig(results=str(tmp_path / "b.jsonl"))
+    assert first.runs_dir == str(tmp_path / "a.runs")
+    assert first.runs_dir != second.runs_dir
+
+
+def test_a_plan_string_where_a_list_belongs_is_refused():
+    with pytest.raises(ValueError, match="plans must be a list"):
+        SweepConfig(plans="FFSSII")
