@@ -6,6 +6,9 @@ conftest saves the run as pytest-benchmark JSON under bench/results/, named afte
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import pytest
 import torch
 
@@ -28,3 +31,36 @@ def synchronize() -> None:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def median_seconds(fn, rounds: int = 100, warmup: int = 10) -> float:
+    """Median wall time of fn() (which synchronises), timed the way pytest-benchmark times it."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_step(nbytes: int):
+    """A device copy moving `nbytes` (half read, half written): the bandwidth reference."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+
+    def step():
+        dst.copy_(src)
+        synchronize()
+
+    return step
+
+
+def peak_extra_bytes(step) -> int:
+    """GPU memory one call of `step` allocates above what was already allocated."""
+    synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    return torch.cuda.max_memory_allocated() - base

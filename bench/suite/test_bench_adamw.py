@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import kernels
-from bench.suite.conftest import requires_cuda, synchronize
+from bench.suite.conftest import peak_extra_bytes, requires_cuda, synchronize
 
 ROUNDS, WARMUP = 30, 5
 HYPER = dict(lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, correct_bias=True)
@@ -34,13 +34,6 @@ def step_bytes(numel: int) -> int:
     """Read p, g, m, v; write p, m, v: 7 fp32 values per element."""
     return 7 * 4 * numel
 
-
-def _peak_extra_bytes(step) -> int:
-    synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    return torch.cuda.max_memory_allocated() - base
 
 
 @requires_cuda
@@ -74,6 +67,6 @@ def test_adamw_step_bert_base(benchmark, impl):
     step()  # compile / allocate state
     benchmark.group = "adamw step fp32 bert-base"
     benchmark.extra_info.update(impl=impl, tensors=len(params), elements=numel, moved_bytes=step_bytes(numel))
-    benchmark.extra_info["peak_extra_bytes"] = _peak_extra_bytes(step)
+    benchmark.extra_info["peak_extra_bytes"] = peak_extra_bytes(step)
     benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
     benchmark.extra_info["GB/s"] = round(step_bytes(numel) / benchmark.stats.stats.median / 1e9, 1)

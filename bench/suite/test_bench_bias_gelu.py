@@ -9,15 +9,13 @@ and `peak_extra_bytes` (peak allocation over one step less what was held before 
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import pytest
 import torch
 
 import kernels
-from bench.suite.conftest import requires_cuda, synchronize
+from bench.suite.conftest import copy_step, median_seconds, peak_extra_bytes, requires_cuda, synchronize
 
 ROWS, WIDTH = 16384, 3072
 DTYPE = torch.bfloat16
@@ -39,34 +37,7 @@ def fwd_bwd_bytes(rows: int, width: int, elem: int, programs: int) -> int:
     return total
 
 
-def _median_seconds(fn, rounds: int = ROUNDS, warmup: int = WARMUP) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
-
-def _copy_step(nbytes: int):
-    src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-
-    def step():
-        dst.copy_(src)
-        synchronize()
-
-    return step
-
-
-def _peak_extra_bytes(step) -> int:
-    synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    return torch.cuda.max_memory_allocated() - base
 
 
 @requires_cuda
@@ -88,13 +59,13 @@ def test_bias_gelu_fwd_bwd_bf16(benchmark, impl):
 
         return step
 
-    step = _copy_step(nbytes) if impl == "copy" else run(impl)
+    step = copy_step(nbytes) if impl == "copy" else run(impl)
     step()
     benchmark.group = f"bias_gelu fwd+bwd bf16 {ROWS}x{WIDTH}"
     benchmark.extra_info.update(impl=impl, rows=ROWS, width=WIDTH, dtype="bfloat16", moved_bytes=nbytes)
     if impl != "copy":
-        benchmark.extra_info["peak_extra_bytes"] = _peak_extra_bytes(step)
-        copy_gbps = nbytes / _median_seconds(_copy_step(nbytes)) / 1e9
+        benchmark.extra_info["peak_extra_bytes"] = peak_extra_bytes(step)
+        copy_gbps = nbytes / median_seconds(copy_step(nbytes)) / 1e9
     benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
     gbps = nbytes / benchmark.stats.stats.median / 1e9
     benchmark.extra_info["GB/s"] = round(gbps, 1)

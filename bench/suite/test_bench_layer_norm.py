@@ -18,15 +18,13 @@ launch overhead whenever that is longer than the GPU work.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import pytest
 import torch
 
 import kernels
-from bench.suite.conftest import requires_cuda, synchronize
+from bench.suite.conftest import copy_step, median_seconds, peak_extra_bytes, requires_cuda, synchronize
 
 ROWS, WIDTH, EPS = 16384, 768, 1e-12
 DTYPE = torch.bfloat16
@@ -51,35 +49,7 @@ def fwd_bwd_bytes(rows: int, width: int, elem: int, param_elem: int, residual: b
     return total
 
 
-def _median_seconds(fn, rounds: int = ROUNDS, warmup: int = WARMUP) -> float:
-    """Median wall time of fn() (which synchronises), timed the way pytest-benchmark times it."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
-
-def _copy_step(nbytes: int):
-    src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")  # read nbytes/2, write nbytes/2
-    dst = torch.empty_like(src)
-
-    def step():
-        dst.copy_(src)
-        synchronize()
-
-    return step
-
-
-def _peak_extra_bytes(step) -> int:
-    synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    return torch.cuda.max_memory_allocated() - base
 
 
 @requires_cuda
@@ -105,15 +75,15 @@ def test_layer_norm_fwd_bwd_bf16(benchmark, impl, residual):
 
         return step
 
-    step = _copy_step(nbytes) if impl == "copy" else run(impl)
+    step = copy_step(nbytes) if impl == "copy" else run(impl)
     step()  # compile / warm up
     benchmark.group = f"layer_norm fwd+bwd bf16 {ROWS}x{WIDTH} {'residual' if residual else 'no residual'}"
     benchmark.extra_info.update(
         impl=impl, rows=ROWS, width=WIDTH, dtype="bfloat16", residual=residual, moved_bytes=nbytes
     )
     if impl != "copy":
-        benchmark.extra_info["peak_extra_bytes"] = _peak_extra_bytes(step)
-        copy_gbps = nbytes / _median_seconds(_copy_step(nbytes)) / 1e9
+        benchmark.extra_info["peak_extra_bytes"] = peak_extra_bytes(step)
+        copy_gbps = nbytes / median_seconds(copy_step(nbytes)) / 1e9
     benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
     gbps = nbytes / benchmark.stats.stats.median / 1e9
     benchmark.extra_info["GB/s"] = round(gbps, 1)
