@@ -51,8 +51,6 @@ class SweepConfig:
                 raise ValueError(f"{name} must be a list, got {getattr(self, name)!r}")
         if any(isinstance(tasks, str) for tasks in self.task_sets):
             raise ValueError(f"task_sets must be a list of task lists, e.g. [['sst', 'para', 'sts']], got {self.task_sets!r}")
-        if self.runs_dir is None:  # results/x.jsonl -> results/x.runs/: sweeps with different files never share runs
-            self.runs_dir = str(Path(self.results).with_suffix(".runs"))
         if not self.plans:
             raise ValueError("a sweep needs at least one plan")
         if not self.checkpoints and not self.widths:
@@ -65,6 +63,12 @@ class SweepConfig:
         clash = set(self.train) & grid
         if clash:
             raise ValueError(f"{', '.join(sorted(clash))} are set by the sweep's grid, not by its training settings")
+
+    @property
+    def run_folder(self) -> Path:
+        """Where the runs' folders go: results/x.jsonl -> results/x.runs/ unless `runs_dir` says,
+        so sweeps writing different results files never share (and resume) each other's runs."""
+        return Path(self.runs_dir) if self.runs_dir else Path(self.results).with_suffix(".runs")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> SweepConfig:
@@ -180,7 +184,7 @@ def run_sweep(sweep: SweepConfig, shard: str | None = None, progress: bool = Tru
     if skipped and progress:
         tqdm.write(f"{results}: {skipped} of {len(runs)} runs already done, skipping them")
     for config, rid in tqdm(todo, desc="sweep", unit="run", disable=not progress):
-        config.out_dir = str(Path(sweep.runs_dir) / rid)
+        config.out_dir = str(sweep.run_folder / rid)
         record = run_one(config, rid, sweep.timeout_s)
         append_record(results, record)
         if progress:

@@ -36,6 +36,7 @@ from bench.sweep import (
     run_one,
     run_sweep,
     shard_results_path,
+    sweep_from_args,
 )
 from multitask.cli import main as cli_main
 from multitask.trainer import TrainConfig, Trainer
@@ -433,9 +434,10 @@ def test_sweep_needs_a_plan_and_an_encoder():
 
 def test_runs_live_beside_their_results_file_by_default(tmp_path):
     first = SweepConfig(results=str(tmp_path / "a.jsonl"))
-    second = SweepConfig(results=str(tmp_path / "b.jsonl"))
-    assert first.runs_dir == str(tmp_path / "a.runs")
-    assert first.runs_dir != second.runs_dir
+    second = sweep_from_args(results=str(tmp_path / "b.jsonl"), base=first)
+    assert first.run_folder == tmp_path / "a.runs"
+    assert second.run_folder == tmp_path / "b.runs"
+    assert SweepConfig(results="x.jsonl", runs_dir=str(tmp_path / "r")).run_folder == tmp_path / "r"
 
 
 def test_a_plan_string_where_a_list_belongs_is_refused():
