@@ -48,6 +48,9 @@ def _add_training_options(parser: argparse.ArgumentParser, sweep: bool = False) 
     group.add_argument("--seconds", type=float, default=None, help="budget in seconds of training")
     group.add_argument("--batch-size", type=int, default=None)
     group.add_argument("--lr", type=float, default=None)
+    group.add_argument("--schedule", choices=["constant", "linear"], default=None,
+                       help="learning-rate schedule: constant, or linear warm-up then decay (default constant)")
+    group.add_argument("--warmup", type=float, default=None, help="fraction of training spent warming up (linear)")
     group.add_argument("--weight-decay", type=float, default=None)
     group.add_argument("--max-length", type=int, default=None, help="tokens per example after truncation")
     group.add_argument("--sampling", choices=["round_robin", "proportional", "annealed"], default=None)
@@ -60,8 +63,8 @@ def _add_training_options(parser: argparse.ArgumentParser, sweep: bool = False) 
     group.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
 
 
-TRAIN_FIELDS = ("num_layers", "data", "epochs", "steps", "seconds", "batch_size", "lr", "weight_decay", "max_length", "sampling",
-                "dropout", "head_dropout", "pair_encoding", "eval_every", "max_eval_examples", "backend", "device")
+TRAIN_FIELDS = ("num_layers", "data", "epochs", "steps", "seconds", "batch_size", "lr", "schedule", "warmup",
+                "weight_decay", "max_length", "sampling", "dropout", "head_dropout", "pair_encoding", "eval_every", "max_eval_examples", "backend", "device")
 
 
 def _training_settings(args: argparse.Namespace) -> dict:

@@ -31,6 +31,20 @@ from .sharing import parse_plan
 from .tasks import Task, make_tasks, overall_score, score
 
 RESULTS_FILE, LAST_FILE, BEST_FILE = "results.json", "last.pt", "best.pt"
+SCHEDULES = ("constant", "linear")
+
+
+def lr_factor(schedule: str, progress: float, warmup: float) -> float:
+    """Multiplier of the peak learning rate at `progress` (0..1 of the budget).
+
+    `linear` rises from 0 to 1 over the first `warmup` of training and falls to 0 at the end,
+    the schedule BERT fine-tuning usually uses; a function of progress, so resuming needs no state.
+    """
+    if schedule == "constant":
+        return 1.0
+    if progress < warmup:
+        return progress / warmup
+    return max(0.0, (1.0 - progress) / (1.0 - warmup))
 
 
 @dataclass
@@ -45,7 +59,9 @@ class TrainConfig:
     steps: int | None = None  # ... or optimizer steps ...
     seconds: float | None = None  # ... or wall-clock seconds of training (first one reached stops)
     batch_size: int = 32
-    lr: float = 5e-5
+    lr: float = 5e-5  # peak learning rate
+    schedule: str = "constant"  # constant | linear: warm up over `warmup` of training, then decay to 0
+    warmup: float = 0.1  # fraction of the budget spent warming up (linear schedule)
     weight_decay: float = 0.0
     max_length: int = 128
     sampling: str = "proportional"  # round_robin | proportional | annealed
@@ -63,6 +79,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.seconds is None:
             self.epochs = 1.0
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         for name in ("batch_size", "max_length"):
@@ -312,6 +332,10 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
+        # The middle of this step: neither the first nor the last step of a linear schedule is wasted at lr 0.
+        progress = min(1.0, self._progress() + (0.5 / self.total_steps if self.total_steps else 0.0))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * lr_factor(self.config.schedule, progress, self.config.warmup)
         self.optimizer.step()
         self.state["examples"] += len(examples)
         return loss.item()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from multitask.trainer import TrainConfig, Trainer, TrainingError
+from multitask.trainer import TrainConfig, Trainer, TrainingError, lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,11 +104,39 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     assert record["resumed"] is False
 
 
+def test_linear_schedule_warms_up_then_decays():
+    assert lr_factor("constant", 0.7, 0.1) == 1.0
+    assert lr_factor("linear", 0.0, 0.1) == 0.0
+    assert lr_factor("linear", 0.05, 0.1) == pytest.approx(0.5)
+    assert lr_factor("linear", 0.1, 0.1) == pytest.approx(1.0)
+    assert lr_factor("linear", 0.55, 0.1) == pytest.approx(0.5)
+    assert lr_factor("linear", 1.0, 0.1) == 0.0
+
+
+def test_trainer_applies_the_schedule_at_every_step(tmp_path):
+    trainer = Trainer(tiny(tmp_path, schedule="linear", warmup=0.5, steps=4, eval_every=100))
+    seen = []
+    real_step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    trainer.train()
+    peak = trainer.config.lr  # mid-step progress: 1/8, 3/8, 5/8, 7/8 of the budget
+    assert seen == pytest.approx([peak * 0.25, peak * 0.75, peak * 0.75, peak * 0.25])
+
+
 def test_bad_settings_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         tiny(tmp_path, batch_size=0)
     with pytest.raises(ValueError, match="sampling"):
         tiny(tmp_path, sampling="random")
+    with pytest.raises(ValueError, match="schedule"):
+        tiny(tmp_path, schedule="cosine")
+    with pytest.raises(ValueError, match="warmup"):
+        tiny(tmp_path, warmup=1.0)
     with pytest.raises(ValueError, match="covers 3 layers but the model has 2"):
         Trainer(tiny(tmp_path, plan="FSS"))
     with pytest.raises(ValueError, match="unknown task"):
