@@ -16,8 +16,8 @@ from .tasks import TASK_NAMES
 
 DEMO_PLANS = ["FFFFFF", "FFFSSS", "F2S2I2", "F2S2[sst+para|sts]2", "SSSSSS", "IIIIII"]
 # The demo's training settings: sized so the six-plan sweep finishes in minutes on two CPU cores.
-DEMO_TRAIN = dict(data="demo", steps=60, batch_size=16, lr=1e-4, max_length=48, sampling="round_robin",
-                  eval_every=20)
+DEMO_TRAIN = dict(data="demo", steps=120, batch_size=16, lr=1e-4, max_length=48, sampling="round_robin",
+                  eval_every=40)
 
 
 def _task_list(text: str) -> list[str]:
