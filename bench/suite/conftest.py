@@ -64,3 +64,17 @@ def peak_extra_bytes(step) -> int:
     base = torch.cuda.memory_allocated()
     step()
     return torch.cuda.max_memory_allocated() - base
+
+
+def measure_bandwidth(benchmark, step, nbytes: int, impl: str, rounds: int, warmup: int) -> None:
+    """Time `step` (moving `nbytes`) and record GB/s; for a kernel (not the "copy" reference
+    itself) also its peak extra memory and its fraction of a device copy's bandwidth."""
+    if impl != "copy":
+        benchmark.extra_info["peak_extra_bytes"] = peak_extra_bytes(step)
+        copy_gbps = nbytes / median_seconds(copy_step(nbytes)) / 1e9
+    benchmark.pedantic(step, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    gbps = nbytes / benchmark.stats.stats.median / 1e9
+    benchmark.extra_info["GB/s"] = round(gbps, 1)
+    if impl != "copy":
+        benchmark.extra_info["copy GB/s"] = round(copy_gbps, 1)
+        benchmark.extra_info["fraction_of_copy"] = round(gbps / copy_gbps, 3)

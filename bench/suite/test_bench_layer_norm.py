@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import kernels
-from bench.suite.conftest import copy_step, median_seconds, peak_extra_bytes, requires_cuda, synchronize
+from bench.suite.conftest import copy_step, measure_bandwidth, requires_cuda, synchronize
 
 ROWS, WIDTH, EPS = 16384, 768, 1e-12
 DTYPE = torch.bfloat16
@@ -81,12 +81,4 @@ def test_layer_norm_fwd_bwd_bf16(benchmark, impl, residual):
     benchmark.extra_info.update(
         impl=impl, rows=ROWS, width=WIDTH, dtype="bfloat16", residual=residual, moved_bytes=nbytes
     )
-    if impl != "copy":
-        benchmark.extra_info["peak_extra_bytes"] = peak_extra_bytes(step)
-        copy_gbps = nbytes / median_seconds(copy_step(nbytes)) / 1e9
-    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
-    gbps = nbytes / benchmark.stats.stats.median / 1e9
-    benchmark.extra_info["GB/s"] = round(gbps, 1)
-    if impl != "copy":
-        benchmark.extra_info["copy GB/s"] = round(copy_gbps, 1)
-        benchmark.extra_info["fraction_of_copy"] = round(gbps / copy_gbps, 3)
+    measure_bandwidth(benchmark, step, nbytes, impl, ROUNDS, WARMUP)
