@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from tabulate import tabulate
 
 from bench.records import Paths, expand_paths, read_records
+from common.files import atomic_open
 
 MiB = 2**20
 KNOWN_METRICS = ("sst_acc", "para_acc", "sts_r", "cfimdb_acc")  # shown first, in this order
@@ -262,14 +263,8 @@ def _figure() -> tuple[Figure, Any]:
 
 def _save(figure: Figure, path: str | os.PathLike) -> Path:
     """PNG written beside `path` and renamed into place, so no reader sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        figure.savefig(temporary, format="png", dpi=120)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120)
     return path
 
 

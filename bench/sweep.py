@@ -24,13 +24,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from multitask.config import TrainConfig
+from multitask.devices import resolve_device
 from multitask.environment import device_name
-from multitask.trainer import TrainConfig, resolve_device
 
 from .records import append_record, completed_ids, run_id
 
 # Training settings that define a run (everything but where it writes and how it shows progress).
 IGNORED_IN_ID = ("out_dir", "progress", "device")
+# Training settings each run takes from the sweep's grid, and those the sweep sets for every run.
+GRID_FIELDS = ("tasks", "plan", "checkpoint", "hidden_size", "seed")
+SET_BY_SWEEP = ("out_dir", "progress")
 
 
 @dataclass
@@ -56,7 +60,7 @@ class SweepConfig:
         if not self.checkpoints and not self.widths:
             raise ValueError("a sweep needs a checkpoint or a width")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
-        grid = {"tasks", "plan", "checkpoint", "hidden_size", "seed"}
+        grid = set(GRID_FIELDS)
         unknown = set(self.train) - known
         if unknown:
             raise ValueError(f"unknown training settings {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known - grid))}")

@@ -7,15 +7,17 @@ CUDA out-of-memory, "failed" otherwise) with the memory reading up to that point
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
 
 import torch
 
+from common.files import atomic_write_json
+from multitask.config import TrainConfig
+from multitask.devices import resolve_device
 from multitask.environment import device_name
-from multitask.trainer import TrainConfig, Trainer, resolve_device
+from multitask.trainer import Trainer
 
 from .memory import MemorySampler
 
@@ -40,9 +42,7 @@ def main(argv: list[str]) -> int:
             "memory": samplers[-1].result().to_dict() if samplers else None,
             "device": device_name(resolve_device(config.device)),
         }
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, out)
+    atomic_write_json(out, record, indent=None)
     return 0 if record["status"] == "ok" else 1
 
 

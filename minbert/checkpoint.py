@@ -6,14 +6,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+import torch.nn as nn
+
+from common.files import atomic_write
 
 from .config import BertConfig
-
-if TYPE_CHECKING:
-    from .model import BertModel
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def _describe(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def load_state_into(model: BertModel, state: dict[str, torch.Tensor], source: str) -> None:
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy `state` into `model`, failing with the names of missing, unexpected or misshapen keys."""
     state, dropped = normalise_keys(state)
     if dropped:
@@ -149,27 +148,26 @@ def load_state_into(model: BertModel, state: dict[str, torch.Tensor], source: st
     model.load_state_dict(state, strict=True)
 
 
-def load_pretrained(model_cls: type[BertModel], name_or_path: str | None, backend: str = "auto") -> BertModel:
+def read_checkpoint(name_or_path: str | os.PathLike | None) -> tuple[BertConfig, dict[str, torch.Tensor], str]:
+    """A checkpoint's config and raw weights, and the folder they came from (for error messages).
+
+    The model class builds itself from the config and fills itself with `load_state_into`, so this
+    module needs to know nothing of it.
+    """
     folder = resolve_checkpoint_dir(name_or_path)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{folder} has no config.json; a BERT checkpoint folder needs one beside its weights")
-    config = BertConfig.from_json(config_path)
-    model = model_cls(config, backend=backend)
-    load_state_into(model, read_state_dict(folder), source=str(folder))
-    return model.eval()
+    return BertConfig.from_json(config_path), read_state_dict(folder), str(folder)
 
 
-def save_pretrained(model: BertModel, folder: str | os.PathLike) -> Path:
-    """Write config.json and model.safetensors, each through a temporary file renamed into place."""
-    from safetensors.torch import save_file
+def save_pretrained(model: nn.Module, folder: str | os.PathLike) -> Path:
+    """Write config.json and model.safetensors of a minBERT model (anything with a BertConfig in
+    `.config`), each through a temporary file renamed into place."""
+    from safetensors.torch import save
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp_config = folder / "config.json.tmp"
-    tmp_config.write_text(json.dumps(model.config.to_dict(), indent=2))
-    tmp_weights = folder / "model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_weights)
-    tmp_config.replace(folder / "config.json")
-    tmp_weights.replace(folder / "model.safetensors")
+    weights = save({k: v.contiguous() for k, v in model.state_dict().items()})
+    atomic_write(folder / "model.safetensors", weights)
+    atomic_write(folder / "config.json", json.dumps(model.config.to_dict(), indent=2))
     return folder

@@ -41,6 +41,25 @@ class BertConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
+    def scaled(cls, base: BertConfig, hidden_size: int | None = None, num_layers: int | None = None) -> BertConfig:
+        """`base`'s vocabulary and positions with another width and depth, for encoders trained from
+        scratch: heads of 64 dimensions (32 where the width is no multiple of 64), a feed-forward
+        four times as wide, as BERT's own sizes have."""
+        width = hidden_size or base.hidden_size
+        if width <= 0 or width % 32:
+            raise ValueError(f"hidden_size {width} must be a positive multiple of 32 (heads of 64 or 32 dimensions)")
+        return cls(
+            vocab_size=base.vocab_size,
+            hidden_size=width,
+            num_hidden_layers=num_layers or base.num_hidden_layers,
+            num_attention_heads=width // 64 if width % 64 == 0 else width // 32,
+            intermediate_size=4 * width,
+            max_position_embeddings=base.max_position_embeddings,
+            type_vocab_size=base.type_vocab_size,
+            pad_token_id=base.pad_token_id,
+        )
+
+    @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> BertConfig:
         """Keep the fields minBERT knows; reject settings it cannot honour."""
         kind = raw.get("position_embedding_type", "absolute")

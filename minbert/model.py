@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import kernels
 from kernels.backend import BACKENDS
 
+from .checkpoint import load_state_into, read_checkpoint
 from .config import BertConfig
 
 
@@ -213,6 +214,7 @@ class BertModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, backend: str = "auto") -> BertModel:
         """Load a checkpoint folder, a hub name from the local cache, or `minilm` (the default)."""
-        from .checkpoint import load_pretrained
-
-        return load_pretrained(cls, name_or_path, backend=backend)
+        config, state, source = read_checkpoint(name_or_path)
+        model = cls(config, backend=backend)
+        load_state_into(model, state, source)
+        return model.eval()

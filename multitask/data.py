@@ -15,10 +15,11 @@ import csv
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.files import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _missing_file_message(task: str, path: Path) -> str:
     where = f"{path.parent} does not exist" if not path.parent.is_dir() else f"{path.parent} has no {path.name}"
     message = (
         f"no {task} data at {path} ({where}). Get the public corpora with `mops data download DIR` "
-        f"and pass `--data-dir DIR`, or point `--data-dir` at a folder holding the CS224N files."
+        f"and pass `--data DIR`, or point `--data` at a folder holding the CS224N files."
     )
     if task == "cfimdb":
         message += (
@@ -225,20 +226,13 @@ def write_file(path: str | os.PathLike, task: str, examples: Iterable[Example], 
     path = Path(path)
     kind = TASK_KINDS[task]
     header = ["", "id", *kind.text_columns] + ([kind.label_column] if labelled else [])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(header)
-            for index, ex in enumerate(examples):
-                if (ex.text_b is not None) != kind.is_pair:
-                    raise DataError(f"example {ex.uid!r} does not fit task {task!r} (pair: {kind.is_pair})")
-                texts = [ex.text_a, ex.text_b] if kind.is_pair else [ex.text_a]
-                row = [str(index), ex.uid, *texts] + ([format_label(ex.label, task)] if labelled else [])
-                writer.writerow(row)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(header)
+        for index, ex in enumerate(examples):
+            if (ex.text_b is not None) != kind.is_pair:
+                raise DataError(f"example {ex.uid!r} does not fit task {task!r} (pair: {kind.is_pair})")
+            texts = [ex.text_a, ex.text_b] if kind.is_pair else [ex.text_a]
+            row = [str(index), ex.uid, *texts] + ([format_label(ex.label, task)] if labelled else [])
+            writer.writerow(row)
     return path

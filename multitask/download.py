@@ -22,15 +22,11 @@ Digests are checked against an expected value only where one is configured (`SOU
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import json
 import logging
-import os
 import re
-import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -39,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
+
+from common.files import atomic_open, atomic_write
 
 from .data import FILES, DataError, Example, write_file
 
@@ -114,18 +112,7 @@ class Manifest:
             return cls()
 
     def save(self, path: Path) -> None:
-        _write_atomic(path, (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode())
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
 
 
 def sha256_file(path: Path) -> str:
@@ -141,34 +128,32 @@ def sha256_file(path: Path) -> str:
 
 def fetch(url: str, path: Path, expected_sha256: str | None = None, progress: bool = True) -> FileRecord:
     """Download `url` to `path` through a temp file; on any failure nothing is left at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     digest, received = hashlib.sha256(), 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            request = urllib.request.Request(url, headers={"User-Agent": "mops-data-download"})
-            try:
-                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                    length = response.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name,
-                              disable=not progress, leave=False) as bar:
-                        for block in iter(lambda: response.read(CHUNK), b""):
-                            out.write(block)
-                            digest.update(block)
-                            received += len(block)
-                            bar.update(len(block))
-            except urllib.error.HTTPError as err:
-                raise DownloadError(
-                    f"could not download {url}: HTTP {err.code} {err.reason}. Check the address (a mirror can be "
-                    f"given with --base-url), or fetch the file yourself and put it at {path}"
-                ) from None
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-                reason = getattr(err, "reason", err)
-                raise DownloadError(
-                    f"could not download {url}: {reason}. Check the network and run the command again, or "
-                    f"fetch the file yourself and put it at {path}"
-                ) from None
+    with atomic_open(path, "wb") as out:
+        request = urllib.request.Request(url, headers={"User-Agent": "mops-data-download"})
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name,
+                          disable=not progress, leave=False) as bar:
+                    for block in iter(lambda: response.read(CHUNK), b""):
+                        out.write(block)
+                        digest.update(block)
+                        received += len(block)
+                        bar.update(len(block))
+        except urllib.error.HTTPError as err:
+            raise DownloadError(
+                f"could not download {url}: HTTP {err.code} {err.reason}. Check the address (a mirror can be "
+                f"given with --base-url), or fetch the file yourself and put it at {path}"
+            ) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            reason = getattr(err, "reason", err)
+            raise DownloadError(
+                f"could not download {url}: {reason}. Check the network and run the command again, or "
+                f"fetch the file yourself and put it at {path}"
+            ) from None
+        # Checked before the rename: a short or damaged download never reaches `path`.
         if total is not None and received != total:
             raise DownloadError(
                 f"the download of {url} stopped after {received:,} of {total:,} bytes; nothing was kept. "
@@ -181,10 +166,6 @@ def fetch(url: str, path: Path, expected_sha256: str | None = None, progress: bo
                 f"damaged or has changed upstream; nothing was kept. Run again, or if the new file is "
                 f"right, pass its digest with --sha256."
             )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return FileRecord(actual, received, url)
 
 
@@ -459,48 +440,3 @@ def download(
         manifest.notes.append(CFIMDB_HELP)
     manifest.save(manifest_path)
     return manifest
-
-
-def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
-    out = {}
-    for value in values or []:
-        task, sep, rest = value.partition("=")
-        if not sep or task not in SOURCES or not rest:
-            raise DownloadError(f"{flag} wants TASK=VALUE with TASK one of {', '.join(SOURCES)}, not {value!r}")
-        out[task] = rest
-    return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `mops data download`."""
-    parser.add_argument("dir", type=Path, help="folder to write the CS224N-format files (and archives/) into")
-    parser.add_argument("--tasks", nargs="+", choices=[*SOURCES, "cfimdb"], help="default: sst sts para")
-    parser.add_argument(
-        "--base-url", action="append", metavar="TASK=URL", help="fetch TASK's archive from this folder URL (a mirror)"
-    )
-    parser.add_argument(
-        "--sha256", action="append", metavar="TASK=DIGEST", help="require this SHA-256 for TASK's archive"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the subcommand; prints what was written, returns the exit status."""
-    try:
-        manifest = download(
-            args.dir,
-            tasks=args.tasks,
-            base_urls=_pairs(args.base_url, "--base-url"),
-            progress=not args.no_progress,
-            expected_sha256=_pairs(args.sha256, "--sha256"),
-        )
-    except (DownloadError, DataError) as err:
-        print(f"mops data download: {err}", file=sys.stderr)
-        return 1
-    for name, record in sorted(manifest.files.items()):
-        rows = f"{record.rows:,} rows" if record.rows is not None else record.source
-        skipped = f", {record.skipped:,} malformed source lines skipped" if record.skipped else ""
-        print(f"{args.dir / name}: {rows}{skipped}")
-    for note in manifest.notes:
-        print(f"note: {note}")
-    return 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import TASK_KINDS, DataError, Example, load_split
+from .synthetic import make_corpus
 
 TASK_NAMES = tuple(TASK_KINDS)
 DEMO = "demo"  # the data source name of the synthetic demo corpus
@@ -37,8 +38,6 @@ def _cs224n_loader(task: str, data_dir: str | os.PathLike) -> Callable[[str], li
 
 @functools.lru_cache(maxsize=4)
 def _demo_corpus(seed: int) -> dict[str, dict[str, list[Example]]]:
-    from .synthetic import make_corpus
-
     return make_corpus(seed)
 
 

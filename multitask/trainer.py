@@ -9,96 +9,32 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from minbert import AdamW, BertModel, BertTokenizer
+from common.files import atomic_open, atomic_write_json
+from minbert import AdamW, BertTokenizer
 
 from .accounting import account_model
 from .batching import BucketBatchSampler, Collator, LabeledBatch, token_lengths
+from .config import TrainConfig
+from .devices import rank_and_world, training_device
+from .encoders import build_encoder
+from .environment import device_name, versions
 from .model import HeadConfig, MultitaskBert
-from .sampling import SAMPLINGS, task_at_step
+from .sampling import task_at_step
+from .schedule import lr_factor
 from .sharing import parse_plan
 from .tasks import Task, make_tasks, overall_score, score
 
 RESULTS_FILE, LAST_FILE, BEST_FILE = "results.json", "last.pt", "best.pt"
-SCHEDULES = ("constant", "linear")
-
-
-def lr_factor(schedule: str, progress: float, warmup: float) -> float:
-    """Multiplier of the peak learning rate at `progress` (0..1 of the budget).
-
-    `linear` rises from 0 to 1 over the first `warmup` of training and falls to 0 at the end,
-    the schedule BERT fine-tuning usually uses; a function of progress, so resuming needs no state.
-    """
-    if schedule == "constant":
-        return 1.0
-    if progress < warmup:
-        return progress / warmup
-    return max(0.0, (1.0 - progress) / (1.0 - warmup))
-
-
-@dataclass
-class TrainConfig:
-    tasks: list[str] = field(default_factory=lambda: ["sst", "para", "sts"])
-    plan: str | None = None  # sharing plan, bottom to top (see multitask.sharing); None = all shared
-    checkpoint: str = "minilm"  # pretrained folder or name; "random" for an untrained encoder
-    data: str = "demo"  # CS224N data folder, or "demo" for the synthetic corpus
-    hidden_size: int | None = None  # with checkpoint="random": width of the random encoder
-    num_layers: int | None = None  # with checkpoint="random": depth of the random encoder
-    epochs: float | None = None  # budget: passes over all tasks' training batches ...
-    steps: int | None = None  # ... or optimizer steps ...
-    seconds: float | None = None  # ... or wall-clock seconds of training (first one reached stops)
-    batch_size: int = 32
-    lr: float = 5e-5  # peak learning rate
-    schedule: str = "constant"  # constant | linear: warm up over `warmup` of training, then decay to 0
-    warmup: float = 0.1  # fraction of the budget spent warming up (linear schedule)
-    weight_decay: float = 0.0
-    max_length: int = 128
-    sampling: str = "proportional"  # round_robin | proportional | annealed
-    pair_encoding: str = "joint"  # joint | siamese
-    head_dropout: float = 0.1
-    dropout: float | None = None  # encoder dropout everywhere; None keeps the checkpoint's
-    eval_every: int | None = None  # steps between dev evaluations; default once per epoch
-    max_eval_examples: int | None = None  # cap each dev set (quick looks); None = the whole set
-    seed: int = 0
-    backend: str = "auto"  # kernels backend for the encoder
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    out_dir: str = "runs/latest"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs is None and self.steps is None and self.seconds is None:
-            self.epochs = 1.0
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not 0.0 <= self.warmup < 1.0:
-            raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
-        if self.sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
-        for name in ("batch_size", "max_length"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("epochs", "steps", "seconds", "eval_every", "max_eval_examples"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-
-    # Fields that may change between a run and its resumption (budgets and cosmetics).
-    RESUMABLE_CHANGES = ("epochs", "steps", "seconds", "progress", "eval_every", "device")
-
-    def identity(self) -> dict:
-        """The settings a resumed run must share with the run that wrote the checkpoint."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESUMABLE_CHANGES}
 
 
 class TrainingError(RuntimeError):
@@ -117,56 +53,8 @@ class TaskData:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available")
-    return device
-
-
-def build_pretrained(config: TrainConfig) -> BertModel:
-    """The pretrained encoder, or a randomly initialised one of the asked width for 'random'."""
-    if config.checkpoint == "random":
-        from minbert import BertConfig
-        from minbert.checkpoint import embedded_checkpoint_dir
-
-        base = BertConfig.from_json(embedded_checkpoint_dir() / "config.json")  # vocabulary and depth
-        width = config.hidden_size or base.hidden_size
-        if width % 32:
-            raise ValueError(f"hidden_size {width} must be a multiple of 32 (heads of 64 or 32 dimensions)")
-        shape = BertConfig(
-            vocab_size=base.vocab_size,
-            hidden_size=width,
-            num_hidden_layers=config.num_layers or base.num_hidden_layers,
-            num_attention_heads=width // 64 if width % 64 == 0 else width // 32,
-            intermediate_size=4 * width,
-        )
-        torch.manual_seed(config.seed)
-        model = BertModel(shape, backend=config.backend)
-        return model if config.dropout is None else model.set_dropout(config.dropout)
-    model = BertModel.from_pretrained(config.checkpoint, backend=config.backend)
-    if config.dropout is not None:
-        model.set_dropout(config.dropout)
-    for name, wanted in (("hidden_size", config.hidden_size), ("num_hidden_layers", config.num_layers)):
-        if wanted is not None and getattr(model.config, name) != wanted:
-            raise ValueError(
-                f"checkpoint {config.checkpoint!r} has {name}={getattr(model.config, name)}, not {wanted}; "
-                "use checkpoint='random' for a width without pretrained weights"
-            )
-    return model
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 class Trainer:
@@ -177,16 +65,13 @@ class Trainer:
     ) -> None:
         self.config = config
         self.memory_sampler = memory_sampler
+        self.rank, self.world = rank_and_world()
         self.distributed = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
-        self.device = resolve_device(config.device)
-        if self.distributed and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.device = training_device(config.device)
         self.out_dir = Path(config.out_dir)
 
         tasks = make_tasks(config.tasks, config.data)
-        pretrained = build_pretrained(config)
+        pretrained = build_encoder(config)
         depth = pretrained.config.num_hidden_layers
         self.plan = parse_plan(config.plan or "S" * depth, config.tasks, depth)
         self.tokenizer = BertTokenizer.from_pretrained(None if config.checkpoint == "random" else config.checkpoint)
@@ -366,7 +251,7 @@ class Trainer:
         bar.close()
         record = self._record(memory, resumed)
         if self.rank == 0:
-            _atomic_json(record, self.out_dir / RESULTS_FILE)
+            atomic_write_json(self.out_dir / RESULTS_FILE, record)
         return record
 
     def _evaluate_and_checkpoint(self) -> None:
@@ -385,8 +270,6 @@ class Trainer:
         self._save_last()
 
     def _record(self, memory, resumed: bool) -> dict:
-        from .environment import device_name, versions
-
         s = self.state
         final = s["curve"][-1]["metrics"]
         epochs_done = s["step"] / self.batches_per_epoch

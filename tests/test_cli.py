@@ -1,6 +1,6 @@
 """`mops`: plan, report, sweep, data download, and one-line errors for bad input.
 
-Commands run in process through `multitask.cli.main`, which always ends in SystemExit with the
+Commands run in process through `mops.cli.main`, which always ends in SystemExit with the
 exit status; `mops sweep` still starts one child process per run.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 import bench.sweep
 from bench.records import append_record, run_id
-from multitask.cli import main
+from mops.cli import main
 from multitask.tasks import TASK_NAMES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"

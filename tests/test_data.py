@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mops.options import flag_of
 from multitask.data import (
     FILES,
     TASK_KINDS,
@@ -144,7 +145,7 @@ def test_missing_file_says_how_to_get_data(tmp_path):
         load_split("sst", "train", tmp_path / "nowhere")
     message = str(info.value)
     assert str(tmp_path / "nowhere" / "ids-sst-train.csv") in message
-    assert "mops data download DIR" in message and "--data-dir" in message
+    assert "mops data download DIR" in message and f"pass `{flag_of('data')} DIR`" in message  # the real option
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, DataError)
 
 

@@ -11,6 +11,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from multitask.config import TrainConfig
+from multitask.trainer import Trainer
+
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
@@ -28,12 +31,12 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_processes_match_one(tmp_path):
-    single = subprocess.run([sys.executable, "-m", "multitask.cli", *ARGS, "--out", str(tmp_path / "one")],
+    single = subprocess.run([sys.executable, "-m", "mops", *ARGS, "--out", str(tmp_path / "one")],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
     double = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "multitask.cli", *ARGS, "--out", str(tmp_path / "two")],
+         "-m", "mops", *ARGS, "--out", str(tmp_path / "two")],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert double.returncode == 0, double.stderr[-3000:]
@@ -45,8 +48,6 @@ def test_two_processes_match_one(tmp_path):
     record_two = (tmp_path / "two" / "results.json").read_text()
     assert '"world_size": 2' in record_two
     # The runs really trained: weights moved away from their initial values.
-    from multitask.trainer import TrainConfig, Trainer
-
     initial = Trainer(TrainConfig(tasks=["sst", "para", "sts"], plan="S[sst+para|sts]", checkpoint="random",
                                   hidden_size=32, num_layers=2, data="demo", max_length=32, progress=False,
                                   out_dir=str(tmp_path / "init"), backend="torch")).model.state_dict()

@@ -1,6 +1,5 @@
 """multitask.download: converters on tiny archives built here, fetching from a local HTTP server."""
 
-import argparse
 import hashlib
 import http.server
 import io
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mops.cli import main
 from multitask import download as dl
 from multitask.data import DataError, Example, load_split
 
@@ -273,15 +273,18 @@ def test_cfimdb_and_unknown_tasks_explain(tmp_path):
     assert not (tmp_path / "archives").exists()
 
 
-def test_cli_helpers(tmp_path, server, capsys):
-    parser = argparse.ArgumentParser()
-    dl.add_arguments(parser)
-    args = parser.parse_args([str(tmp_path), "--tasks", "sts", "--no-progress", "--base-url", f"sts={server.url}/ok"])
-    assert dl.run(args) == 0
+def mops_data_download(*args: str) -> int:
+    """`mops data download ARGS` in this process; returns its exit status."""
+    with pytest.raises(SystemExit) as ended:
+        main(["data", "download", *args])
+    return ended.value.code
+
+
+def test_the_command_prints_what_it_wrote_and_fails_in_one_line(tmp_path, server, capsys):
+    assert mops_data_download(str(tmp_path), "--tasks", "sts", "--no-progress", "--base-url", f"sts={server.url}/ok") == 0
     out = capsys.readouterr().out
     assert "sts-train.csv: 2 rows, 2 malformed source lines skipped" in out and "note: CFIMDB" in out
-    args = parser.parse_args([str(tmp_path), "--tasks", "sts", "--base-url", "nonsense"])
-    assert dl.run(args) == 1
+    assert mops_data_download(str(tmp_path), "--tasks", "sts", "--base-url", "nonsense") == 1
     assert "--base-url wants TASK=VALUE" in capsys.readouterr().err
 
 

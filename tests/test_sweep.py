@@ -38,8 +38,9 @@ from bench.sweep import (
     shard_results_path,
     sweep_from_args,
 )
-from multitask.cli import main as cli_main
-from multitask.trainer import TrainConfig, Trainer
+from mops.cli import main as cli_main
+from multitask.config import TrainConfig
+from multitask.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_SOURCES = {"rss", "nvml-process", "nvml-device"}
@@ -347,7 +348,7 @@ def test_killed_sweep_keeps_every_finished_run_and_a_rerun_completes_the_rest(tm
     log = open(tmp_path / "sweep.log", "wb")
     # Its own session, so that the kill takes the sweep and its worker together; scratch folders
     # of the killed runs go to tmp_path.
-    child = subprocess.Popen([sys.executable, "-m", "multitask.cli", *command], cwd=REPO, stdout=log, stderr=log,
+    child = subprocess.Popen([sys.executable, "-m", "mops", *command], cwd=REPO, stdout=log, stderr=log,
                              start_new_session=True, env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         deadline = time.monotonic() + 180

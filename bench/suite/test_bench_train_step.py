@@ -12,7 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.records import read_records
 from bench.suite.conftest import requires_cuda, synchronize
+from bench.sweep import SweepConfig, run_sweep
 from minbert import AdamW, BertConfig, BertModel
 from minbert.checkpoint import embedded_checkpoint_dir
 
@@ -101,9 +103,6 @@ def test_train_step_bert_base_gpu(benchmark, backend, length):
 
 def test_small_sweep(benchmark, tmp_path):
     """Two plans of a tiny sweep on the demo corpus, each in its own process: the harness end to end."""
-    from bench.records import read_records
-    from bench.sweep import SweepConfig, run_sweep
-
     def sweep():
         results = tmp_path / f"sweep-{len(list(tmp_path.iterdir()))}.jsonl"
         config = SweepConfig(

@@ -1,0 +1,1 @@
+"""Helpers every MOPS package may use; it imports none of them."""

@@ -1,0 +1,216 @@
+"""`mops`: train one plan, describe a plan, fetch data, sweep plans, report results.
+
+The command line is the composition root: it reaches the trainer (multitask) and the harness
+(bench); nothing imports it. Training options come from TrainConfig's fields (mops.options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
+from bench.memory import MemorySampler
+from bench.report import report
+from bench.sweep import GRID_FIELDS, SET_BY_SWEEP, SweepConfig, run_sweep, shard_results_path, sweep_from_args
+from minbert import BertModel
+from multitask.accounting import account_model
+from multitask.config import TrainConfig
+from multitask.devices import init_distributed_from_env
+from multitask.download import SOURCES, DownloadError, download
+from multitask.data import DataError
+from multitask.model import MultitaskBert
+from multitask.sharing import parse_plan
+from multitask.tasks import TASK_NAMES, make_tasks
+from multitask.trainer import Trainer
+
+from .options import add_config_options, comma_list, config_settings
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    init_distributed_from_env()
+    config = TrainConfig(**config_settings(args))
+    try:
+        record = Trainer(config, memory_sampler=MemorySampler).train(fresh=args.fresh)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if record and config.progress and not dist.is_initialized():
+        metrics = "  ".join(f"{k} {v:.3f}" for k, v in record["metrics"].items())
+        print(f"dev: {metrics}")
+        print(f"results: {Path(config.out_dir) / 'results.json'}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    config = TrainConfig(**config_settings(args))
+    pretrained = BertModel.from_pretrained(config.checkpoint)
+    plan = parse_plan(args.plan, config.tasks, pretrained.config.num_hidden_layers)
+    print(plan.describe())
+    accounting = account_model(MultitaskBert(pretrained, plan, make_tasks(config.tasks, "demo")))
+    mib = lambda n: f"{n / 2**20:,.1f} MiB"  # noqa: E731
+    print(f"\nparameters: {accounting['unique_params']:,} unique, {accounting['trainable_params']:,} trainable")
+    print(f"memory for weights {mib(accounting['weight_bytes'])}, gradients {mib(accounting['grad_bytes'])}, "
+          f"AdamW state {mib(accounting['optimizer_bytes'])}: {mib(accounting['total_bytes'])} before activations")
+    return 0
+
+
+def _sweep_config(args: argparse.Namespace, demo: bool) -> SweepConfig:
+    train = config_settings(args)
+    if demo:
+        return sweep_from_args(plans=args.plans or DEMO_PLANS, train={**DEMO_TRAIN, **train}, results=args.results)
+    base = SweepConfig.from_file(args.config) if args.config else None
+    split = lambda text, cast=str: [cast(x) for x in text.split(",") if x]  # noqa: E731
+    task_list = comma_list("tasks", TASK_NAMES)
+    return sweep_from_args(
+        plans=split(args.plans) if args.plans else None,
+        checkpoints=split(args.checkpoints) if args.checkpoints else None,
+        widths=split(args.widths, int) if args.widths else None,
+        task_sets=[task_list(s) for s in args.task_sets.split(";")] if args.task_sets else None,
+        seeds=split(args.seeds, int) if args.seeds else None,
+        train=train, results=args.results, base=base,
+    )
+
+
+def cmd_sweep(args: argparse.Namespace, demo: bool = False) -> int:
+    sweep = _sweep_config(args, demo)
+    results = run_sweep(sweep, shard=args.shard, progress=not args.quiet)
+    plot_dir = args.plot_dir or str(Path(sweep.results).parent)
+    files = [str(results)] if args.shard else [str(shard_results_path(sweep.results, (0, 1)))]
+    print(report(files, plot_dir=plot_dir))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(report(args.files, plot_dir=args.plot_dir, fmt=args.format))
+    return 0
+
+
+def _task_values(values: list[str] | None, flag: str) -> dict[str, str]:
+    """`--flag TASK=VALUE` options as {task: value}."""
+    out = {}
+    for value in values or []:
+        task, sep, rest = value.partition("=")
+        if not sep or task not in SOURCES or not rest:
+            raise DownloadError(f"{flag} wants TASK=VALUE with TASK one of {', '.join(SOURCES)}, not {value!r}")
+        out[task] = rest
+    return out
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    """Prints what was written; a failed download is one line on stderr and exit status 1."""
+    try:
+        manifest = download(
+            args.dir,
+            tasks=args.tasks,
+            base_urls=_task_values(args.base_url, "--base-url"),
+            progress=not args.no_progress,
+            expected_sha256=_task_values(args.sha256, "--sha256"),
+        )
+    except (DownloadError, DataError) as err:
+        print(f"mops data download: {err}", file=sys.stderr)
+        return 1
+    for name, record in sorted(manifest.files.items()):
+        rows = f"{record.rows:,} rows" if record.rows is not None else record.source
+        skipped = f", {record.skipped:,} malformed source lines skipped" if record.skipped else ""
+        print(f"{args.dir / name}: {rows}{skipped}")
+    for note in manifest.notes:
+        print(f"note: {note}")
+    return 0
+
+
+# ---- the parser -------------------------------------------------------------------------------
+
+
+def _training_group(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    group = parser.add_argument_group("training", "TrainConfig settings; each one left out keeps its default")
+    add_config_options(group, exclude=(*GRID_FIELDS, *SET_BY_SWEEP) if sweep else ())
+
+
+def _add_sweep_output(parser: argparse.ArgumentParser, results_default: str | None) -> None:
+    parser.add_argument("--results", default=results_default, help="JSONL file the runs are appended to")
+    parser.add_argument("--shard", default=None, help="i/n: run every n-th run of the grid starting at i")
+    parser.add_argument("--plot-dir", default=None, help="where pareto.png and curves.png go (default: beside results)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mops", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (checkpoint loading, skipped rows)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="the main job on the embedded default: a six-plan sweep on the demo corpus")
+    demo.add_argument("--plans", type=lambda s: s.split(","), default=None, help="comma-separated plans")
+    _add_sweep_output(demo, DEMO_RESULTS)
+    _training_group(demo, sweep=True)
+    demo.set_defaults(handler=lambda a: cmd_sweep(a, demo=True))
+
+    train = commands.add_parser("train", help="train one sharing plan on one or more tasks")
+    train.add_argument("--fresh", action="store_true", help="start over even if the run folder has a checkpoint")
+    _training_group(train)
+    train.set_defaults(handler=cmd_train)
+
+    plan = commands.add_parser("plan", help="show what a sharing plan builds and what it costs in memory")
+    plan.add_argument("plan", help="e.g. FFSSII, F2S2I2, F2S2[sst+para|sts]2")
+    add_config_options(plan, only=("tasks", "checkpoint"))
+    plan.set_defaults(handler=cmd_plan)
+
+    sweep = commands.add_parser("sweep", help="train a grid of plans x widths x task sets x seeds, one process each")
+    sweep.add_argument("--config", help="TOML file with sweep settings; command-line values override it")
+    sweep.add_argument("--plans", default=None, help="comma-separated plans, e.g. FFFFFF,F2S2I2,SSSSSS")
+    sweep.add_argument("--checkpoints", default=None, help="comma-separated checkpoint folders or names")
+    sweep.add_argument("--widths", default=None, help="comma-separated hidden sizes of random encoders")
+    sweep.add_argument("--task-sets", default=None, help="task sets separated by ';', e.g. 'sst,para,sts;sst'")
+    sweep.add_argument("--seeds", default=None, help="comma-separated seeds")
+    _add_sweep_output(sweep, None)
+    _training_group(sweep, sweep=True)
+    sweep.set_defaults(handler=cmd_sweep)
+
+    reporting = commands.add_parser("report", help="tables and plots from sweep JSONL files or pytest-benchmark JSON")
+    reporting.add_argument("files", nargs="+", help="JSONL results (shards are merged) and/or benchmark .json files")
+    reporting.add_argument("--plot-dir", default=None, help="write pareto.png and curves.png here")
+    reporting.add_argument("--format", default="github", help="tabulate format: github, plain, latex, ...")
+    reporting.set_defaults(handler=cmd_report)
+
+    data = commands.add_parser("data", help="fetch and convert the public corpora")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("download", help="download SST, STS-B and QQP into DIR in the CS224N format")
+    fetch.add_argument("dir", type=Path, help="folder to write the CS224N-format files (and archives/) into")
+    fetch.add_argument("--tasks", nargs="+", choices=[*SOURCES, "cfimdb"], help="default: sst sts para")
+    fetch.add_argument("--base-url", action="append", metavar="TASK=URL",
+                       help="fetch TASK's archive from this folder URL (a mirror)")
+    fetch.add_argument("--sha256", action="append", metavar="TASK=DIGEST", help="require this SHA-256 for TASK's archive")
+    fetch.add_argument("--no-progress", action="store_true", help="no progress bars")
+    fetch.set_defaults(handler=cmd_data_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        code = args.handler(args)
+    except (ValueError, RuntimeError, FileNotFoundError, argparse.ArgumentTypeError) as err:
+        # Bad input (data, checkpoints, plans, settings: ValueError; task names parsed inside a
+        # command: ArgumentTypeError) and runs that cannot go on (RuntimeError) get one clear line;
+        # --verbose shows the traceback.
+        if args.verbose:
+            raise
+        print(f"mops: error: {err}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("mops: interrupted; a `mops train` run resumes from its last checkpoint when started again",
+              file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

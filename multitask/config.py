@@ -1,0 +1,101 @@
+"""TrainConfig: the one source of every training setting.
+
+Each field carries its help text and, where it has them, its choices (the same constants the
+code validates against). The command line builds its training options from these fields,
+sweep TOML files set them by name under `[train]`, and `results.json` records all of them, so a
+new field needs no other edit to appear in all three.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from kernels import BACKENDS
+
+from .model import PAIR_ENCODINGS
+from .sampling import SAMPLINGS
+from .schedule import SCHEDULES
+from .tasks import TASK_NAMES
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None, *,
+            factory: Any = dataclasses.MISSING, flag: str | None = None) -> Any:
+    """A TrainConfig field with its help text, its valid values and, rarely, a flag that is not
+    `--field-name` (e.g. `--out` for `out_dir`, `--quiet` for `progress`)."""
+    metadata = {"help": help, "choices": choices, "flag": flag}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    tasks: list[str] = setting(factory=lambda: ["sst", "para", "sts"], choices=TASK_NAMES,
+                               help="tasks to train together")
+    plan: str | None = setting(None, "sharing plan, bottom to top, e.g. FFSSII, F2S2I2, F2S2[sst+para|sts]2 "
+                                     "(default: every layer shared); see `mops plan --help`")
+    checkpoint: str = setting("minilm", "pretrained checkpoint folder or name (minilm: the embedded "
+                                        "all-MiniLM-L6-v2); 'random' for an untrained encoder")
+    data: str = setting("demo", "folder with the CS224N files, or 'demo' for the synthetic corpus")
+    hidden_size: int | None = setting(None, "width of a random encoder (checkpoint 'random'; default: the embedded checkpoint's)")
+    num_layers: int | None = setting(None, "depth of a random encoder (checkpoint 'random'; default: the embedded checkpoint's)")
+    epochs: float | None = setting(None, "budget in passes over all tasks' training batches "
+                                         "(the first budget reached stops; 1 epoch when no budget is given)")
+    steps: int | None = setting(None, "budget in optimizer steps (default: none)")
+    seconds: float | None = setting(None, "budget in seconds of training (default: none)")
+    batch_size: int = setting(32, "examples per batch")
+    lr: float = setting(5e-5, "peak learning rate")
+    schedule: str = setting("linear", "learning-rate schedule: linear warm-up then decay to 0, or constant",
+                            SCHEDULES)
+    warmup: float = setting(0.1, "fraction of the budget spent warming up (linear schedule)")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    max_length: int = setting(128, "tokens per example after truncation")
+    sampling: str = setting("proportional", "which task each step trains", SAMPLINGS)
+    pair_encoding: str = setting("joint", "sentence pairs: joint ([CLS] a [SEP] b [SEP]) or siamese "
+                                          "(each sentence alone)", PAIR_ENCODINGS)
+    head_dropout: float = setting(0.1, "dropout before each task head")
+    dropout: float | None = setting(None, "encoder dropout everywhere (default: the checkpoint's)")
+    eval_every: int | None = setting(None, "steps between dev evaluations (default: once per epoch)")
+    max_eval_examples: int | None = setting(None, "cap each dev set (quick looks; default: the whole set)")
+    seed: int = setting(0, "seed of initialisation, batching and dropout")
+    backend: str = setting("auto", "kernels for the encoder: auto (the faster measured one per op), "
+                                   "torch, or triton", BACKENDS)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    out_dir: str = setting("runs/latest", "run folder: last.pt, best.pt, results.json", flag="--out")
+    progress: bool = setting(True, "no progress bars", flag="--quiet")
+
+    # Fields that may change between a run and its resumption (budgets and cosmetics).
+    RESUMABLE_CHANGES = ("epochs", "steps", "seconds", "progress", "eval_every", "device")
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and self.steps is None and self.seconds is None:
+            self.epochs = 1.0
+        for spec in dataclasses.fields(self):
+            choices, value = spec.metadata["choices"], getattr(self, spec.name)
+            if choices is None:
+                continue
+            valid = ", ".join(map(str, choices))
+            if isinstance(value, list):
+                unknown = [v for v in value if v not in choices]
+                if unknown:
+                    noun = spec.name.removesuffix("s")
+                    raise ValueError(f"unknown {noun}(s) {', '.join(map(str, unknown))}; choose from {valid}")
+            elif value not in choices:
+                raise ValueError(f"{spec.name} must be one of {valid}; got {value!r}")
+        if not self.tasks:
+            raise ValueError(f"no tasks given; choose from {', '.join(TASK_NAMES)}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
+        for name in ("batch_size", "max_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("epochs", "steps", "seconds", "eval_every", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+    def identity(self) -> dict:
+        """The settings a resumed run must share with the run that wrote the checkpoint."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESUMABLE_CHANGES}
