@@ -1,0 +1,39 @@
+"""common.files: a reader sees the old file or the whole new one, and a failed write leaves nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.files import atomic_open, atomic_write, atomic_write_json
+
+
+def test_text_bytes_and_json_land_whole_in_a_new_folder(tmp_path):
+    assert atomic_write(tmp_path / "a" / "t.txt", "héllo\n").read_text(encoding="utf-8") == "héllo\n"
+    assert atomic_write(tmp_path / "b.bin", b"\x00\x01").read_bytes() == b"\x00\x01"
+    assert json.loads(atomic_write_json(tmp_path / "c.json", {"x": [1, 2]}).read_text()) == {"x": [1, 2]}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b.bin", "c.json", "t.txt"]  # no temporaries
+
+
+def test_a_failure_mid_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = atomic_write(tmp_path / "results.json", "old")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with atomic_open(target) as handle:
+            handle.write("half of the new")
+            raise RuntimeError("disk on fire")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_a_failure_before_the_first_write_creates_nothing(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(tmp_path / "new.csv", "w", newline=""):
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_whole_file_modes_are_accepted(tmp_path):
+    with pytest.raises(ValueError, match="mode must be 'w' or 'wb', got 'a'"):
+        with atomic_open(tmp_path / "x", "a"):
+            pass
