@@ -20,6 +20,10 @@ last chunk of a tensor is masked. The tables are cached by (addresses, sizes, dt
 optimizer stepping the same tensors reuses them; any change of tensor, size or storage
 makes a new key.
 
+Autocast: an optimizer step runs outside `torch.autocast`, on fp32 master weights (minBERT's
+parameters stay fp32 under autocast), and neither path has an autocast policy: inside an
+autocast region the step is the same as outside it.
+
 Tensors the kernel does not take (float64, non-contiguous, or a grad/state whose layout
 differs from its parameter) go through the PyTorch twin instead, so no input is refused.
 """
@@ -33,6 +37,7 @@ import torch
 
 from . import reference
 from .backend import resolve_backend
+from .launches import launch
 
 try:
     import triton
@@ -184,7 +189,8 @@ def adamw_step(
     for tensors in groups.values():
         table, blocks, aligned = _tables_for(tensors)
         p0, g0, m0, v0 = tensors[0]
-        _adamw_kernel[(blocks.shape[0],)](
+        launch(
+            "adamw.step", _adamw_kernel, (blocks.shape[0],),
             table, blocks, p0, g0, m0, v0,
             float(beta1), float(beta2), 1.0 - beta1, 1.0 - beta2, float(eps),
             -float(step_size), -float(lr * weight_decay),

@@ -23,6 +23,10 @@ the seed and b * H + h with counter i * L + j, is >= p. The seed is drawn from t
 generator, so `torch.manual_seed` makes runs reproducible, and the backward regenerates the
 forward's mask exactly. `_attention_dropout_mask` materialises the same mask for tests.
 
+Launches. Block sizes come from `launch_config` (a per-architecture table; tuning is an opt-in
+whose choices are saved), and every launch goes through `launches.launch`, so tests can count the
+compiled variants.
+
 Cost. Padding query rows are computed like real ones (the twin defines their values), so a
 sequence costs L x (its key length) score entries rather than L x L, in forward and backward.
 """
@@ -35,8 +39,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import reference
-from .backend import interpreter_enabled, resolve_backend
+from . import autocast, reference
+from .backend import resolve_backend
+from .launch_config import Config, config_for
+from .launches import launch
 
 LOG2E = 1.4426950408889634  # log2(e): the kernels work with exp2 and base-2 log-sum-exp
 
@@ -63,7 +69,6 @@ def _attn_fwd_kernel(
     stride_vb, stride_vh, stride_vl, stride_vd,
     stride_ob, stride_oh, stride_ol, stride_od,
     H, L, qk_scale, dropout_p, drop_scale, seed,
-    L_KEY,  # next power of two of L: an autotuning key only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -160,7 +165,6 @@ def _attn_bwd_dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkl, stride_dkd,
     stride_dvb, stride_dvh, stride_dvl, stride_dvd,
     H, L, qk_scale, sm_scale, dropout_p, drop_scale, seed,
-    L_KEY,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -235,7 +239,6 @@ def _attn_bwd_dq_kernel(
     stride_dob, stride_doh, stride_dol, stride_dod,
     stride_dqb, stride_dqh, stride_dql, stride_dqd,
     H, L, qk_scale, sm_scale, dropout_p, drop_scale, seed,
-    L_KEY,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -308,58 +311,21 @@ def _dropout_mask_kernel(
 
 # ----------------------------------------------------------------------------- block configurations
 
-# The CPU interpreter runs each program in Python: small fixed blocks, deliberately unequal in
-# M and N so the tests catch a mix-up of the two.
-_INTERP_FWD = {"BLOCK_M": 32, "BLOCK_N": 16}
-_INTERP_DKDV = {"BLOCK_M": 16, "BLOCK_N": 32}
-_INTERP_DQ = {"BLOCK_M": 32, "BLOCK_N": 16}
 _DELTA_BLOCK_M = 64
-
-_TUNE_KEY = ["L_KEY", "BLOCK_D", "HAS_MASK", "HAS_DROPOUT"]  # the autotuner adds the dtypes
-
-
-def _cfgs(rows: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in rows]
-
-
-# Candidates per kernel, (BLOCK_M, BLOCK_N, num_warps, num_stages): for half inputs one list for
-# head dims up to 64 ("small") and one for larger ones ("large", whose fp32 accumulators need
-# smaller tiles to stay in registers); float32 inputs, whose exact (ieee) dots run without
-# tensor cores, get small tiles ("fp32"). Forward and dQ hold many query rows per program and
-# pipeline the key loop; dK/dV hold many key rows and pipeline the query loop. Configs that do
-# not fit a GPU's shared memory are discarded by the autotuner.
-_GPU_CONFIGS = {
-    ("fwd", "small"): _cfgs([(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3)]),
-    ("fwd", "large"): _cfgs([(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 3)]),
-    ("dkdv", "small"): _cfgs([(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 3), (16, 128, 8, 2)]),
-    ("dkdv", "large"): _cfgs([(32, 64, 8, 2), (32, 128, 8, 2), (16, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 2), (16, 64, 4, 2)]),
-    ("dq", "small"): _cfgs([(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (128, 32, 8, 2)]),
-    ("dq", "large"): _cfgs([(64, 32, 4, 2), (64, 16, 4, 3), (64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 8, 2), (128, 16, 8, 3)]),
-    ("fwd", "fp32"): _cfgs([(32, 32, 4, 2), (32, 16, 4, 2), (16, 32, 4, 2), (16, 64, 4, 2)]),
-    ("dkdv", "fp32"): _cfgs([(32, 16, 4, 2), (16, 32, 4, 2), (32, 32, 4, 2)]),
-    ("dq", "fp32"): _cfgs([(32, 32, 4, 2), (32, 16, 4, 2), (16, 32, 4, 2), (16, 64, 4, 2), (64, 16, 4, 2)]),
-}
 _KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}
-_TUNED = {
-    (name, family): triton.autotune(configs=configs, key=_TUNE_KEY)(_KERNELS[name])
-    for (name, family), configs in _GPU_CONFIGS.items()
-}
-_INTERP_CONFIGS = {"fwd": _INTERP_FWD, "dkdv": _INTERP_DKDV, "dq": _INTERP_DQ}
 
 
-def _launch(name: str, grid_rows: str, L: int, BH: int, args: tuple, **constexprs) -> None:
-    """Launch kernel `name` over (row blocks of L, B * H): fixed small blocks under the
-    interpreter, the autotuner's pick on a GPU."""
-    if interpreter_enabled():
-        fixed = _INTERP_CONFIGS[name]
-        _KERNELS[name][(triton.cdiv(L, fixed[grid_rows]), BH)](*args, **constexprs, **fixed)
-    else:
-        if constexprs["DOT_PRECISION"] == "ieee":
-            family = "fp32"
-        else:
-            family = "large" if constexprs["BLOCK_D"] > 64 else "small"
-        tuned = _TUNED[(name, family)]
-        tuned[lambda meta: (triton.cdiv(L, meta[grid_rows]), BH)](*args, **constexprs)
+def _launch(name: str, grid_rows: str, q: torch.Tensor, args: tuple, **constexprs) -> None:
+    """Launch kernel `name` over (blocks of `grid_rows` along L, B * H) with the configuration
+    `launch_config` picks for q's device, dtype, head dim and length (see kernels/launch_config.py)."""
+    B, H, L, D = q.shape
+    kernel = _KERNELS[name]
+
+    def run(config: Config) -> None:
+        grid = (triton.cdiv(L, getattr(config, grid_rows)), B * H)
+        launch(f"attention.{name}", kernel, grid, *args, **constexprs, **config.meta())
+
+    run(config_for(name, q.device, q.dtype, D, L, run))
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -389,9 +355,9 @@ def _forward(q, k, v, mask, kv_len, sm_scale, dropout_p, seed):
     args = (
         q, k, v, o, lse, mask_arg, kv_arg,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        H, L, sm_scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p), seed, triton.next_power_of_2(L),
+        H, L, sm_scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p), seed,
     )
-    _launch("fwd", "BLOCK_M", L, B * H, args, **_common(q, mask, dropout_p))
+    _launch("fwd", "BLOCK_M", q, args, **_common(q, mask, dropout_p))
     return o, lse
 
 
@@ -399,22 +365,23 @@ def _backward(do, q, k, v, o, lse, mask, kv_len, sm_scale, dropout_p, seed):
     B, H, L, D = q.shape
     common = _common(q, mask, dropout_p)
     delta = torch.empty_like(lse)
-    _attn_bwd_delta_kernel[(triton.cdiv(L, _DELTA_BLOCK_M), B * H)](
+    launch(
+        "attention.delta", _attn_bwd_delta_kernel, (triton.cdiv(L, _DELTA_BLOCK_M), B * H),
         o, do, delta, *_strides(o), *_strides(do), H, L,
         HEAD_DIM=D, BLOCK_D=common["BLOCK_D"], BLOCK_M=_DELTA_BLOCK_M,
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     mask_arg = mask if mask is not None else lse
     kv_arg = kv_len if kv_len is not None else lse
-    tail = (H, L, sm_scale * LOG2E, sm_scale, dropout_p, 1.0 / (1.0 - dropout_p), seed, triton.next_power_of_2(L))
+    tail = (H, L, sm_scale * LOG2E, sm_scale, dropout_p, 1.0 / (1.0 - dropout_p), seed)
     in_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     _launch(
-        "dkdv", "BLOCK_N", L, B * H,
+        "dkdv", "BLOCK_N", q,
         (q, k, v, do, dk, dv, lse, delta, mask_arg, kv_arg, *in_strides, *_strides(dk), *_strides(dv), *tail),
         **common,
     )
     _launch(
-        "dq", "BLOCK_M", L, B * H,
+        "dq", "BLOCK_M", q,
         (q, k, v, do, dq, lse, delta, mask_arg, kv_arg, *in_strides, *_strides(dq), *tail),
         **common,
     )
@@ -424,7 +391,8 @@ def _backward(do, q, k, v, o, lse, mask, kv_len, sm_scale, dropout_p, seed):
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, kv_len, sm_scale, dropout_p, seed):
-        o, lse = _forward(q, k, v, mask, kv_len, sm_scale, dropout_p, seed)
+        with autocast.off(q.device.type):
+            o, lse = _forward(q, k, v, mask, kv_len, sm_scale, dropout_p, seed)
         ctx.save_for_backward(q, k, v, o, lse, mask, kv_len)
         ctx.sm_scale, ctx.dropout_p, ctx.seed = sm_scale, dropout_p, seed
         return o
@@ -433,7 +401,8 @@ class _FlashAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse, mask, kv_len = ctx.saved_tensors
-        dq, dk, dv = _backward(do, q, k, v, o, lse, mask, kv_len, ctx.sm_scale, ctx.dropout_p, ctx.seed)
+        with autocast.off(q.device.type):
+            dq, dk, dv = _backward(do, q, k, v, o, lse, mask, kv_len, ctx.sm_scale, ctx.dropout_p, ctx.seed)
         return dq, dk, dv, None, None, None, None, None
 
 
@@ -496,7 +465,13 @@ def _attention_with_seed(
     dropout_p: float,
     seed: int,
 ) -> torch.Tensor:  # (B, H, L, D)
-    """The Triton path with an explicit dropout seed (tests pair it with `_attention_dropout_mask`)."""
+    """The Triton path with an explicit dropout seed (tests pair it with `_attention_dropout_mask`).
+
+    Under autocast, q, k and v are cast as autocast casts them for the twin's SDPA (see
+    kernels/autocast.py); their gradients come back in their own dtypes.
+    """
+    dtype = autocast.cast_dtype("attention", q.device.type)
+    q, k, v = autocast.cast(dtype, q), autocast.cast(dtype, k), autocast.cast(dtype, v)
     _check_inputs(q, k, v, attention_mask, dropout_p)
     scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
     mask, kv_len = _prepare_mask(attention_mask)
@@ -507,8 +482,9 @@ def _attention_dropout_mask(seed: int, B: int, H: int, L: int, p: float, device)
     """The (B, H, L, L) bool keep-mask the kernels use for `seed` and rate `p` (for tests)."""
     out = torch.empty((B, H, L, L), dtype=torch.int8, device=device)
     block = 64
-    _dropout_mask_kernel[(triton.cdiv(L, block), triton.cdiv(L, block), B * H)](
-        out, H, L, float(p), int(seed), BLOCK_M=block, BLOCK_N=block
+    launch(
+        "attention.dropout_mask", _dropout_mask_kernel, (triton.cdiv(L, block), triton.cdiv(L, block), B * H),
+        out, H, L, float(p), int(seed), BLOCK_M=block, BLOCK_N=block,
     )
     return out.bool()
 
@@ -524,7 +500,8 @@ def attention(
 ) -> torch.Tensor:  # (B, H, L, D)
     """softmax(q k^T * scale, padding keys masked) v, with dropout on the probabilities.
 
-    Rows whose every key is padding (a sequence with no real token) come out as 0.
+    Rows whose every key is padding (a sequence with no real token) come out as 0. Under
+    `torch.autocast` both paths compute in the autocast dtype, as SDPA does.
     """
     if resolve_backend(backend, q, op="attention") == "torch":
         return reference.attention(q, k, v, attention_mask, sm_scale, dropout_p)

@@ -1,6 +1,7 @@
 """The one place where an op decides between its Triton kernel and its PyTorch twin.
 
-`auto`   -> Triton for CUDA tensors, PyTorch for everything else.
+`auto`   -> on a GPU, the implementation measured faster for that op on that kind of GPU
+            (kernels/dispatch_table.json; PyTorch where nothing was measured); PyTorch on the CPU.
 `torch`  -> always the PyTorch twin.
 `triton` -> the Triton kernel; on the CPU only under TRITON_INTERPRET=1.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 
 import torch
+
+from . import dispatch
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -29,13 +32,21 @@ def triton_available() -> bool:
 
 def resolve_backend(backend: str, *tensors: torch.Tensor, op: str = "op") -> str:
     """Return "torch" or "triton" for `op` on `tensors`, or raise a ValueError/RuntimeError that says why."""
+    device = next((t.device for t in tensors if t.is_cuda), torch.device("cpu"))
+    return resolve_for_device(backend, device, op)
+
+
+def resolve_for_device(backend: str, device: torch.device, op: str) -> str:
+    """Return "torch" or "triton" for `op` with this backend setting on `device`."""
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
-    on_cuda = any(t.is_cuda for t in tensors)
+    on_cuda = device.type == "cuda"
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        return "triton" if on_cuda and triton_available() else "torch"
+        if not on_cuda or not triton_available():
+            return "torch"
+        return dispatch.choose(op, dispatch.device_name(device)).backend
     # backend == "triton"
     if not triton_available():
         raise RuntimeError(f"{op}: backend='triton' needs the `triton` package, which is not installed")
@@ -45,3 +56,10 @@ def resolve_backend(backend: str, *tensors: torch.Tensor, op: str = "op") -> str
             "set TRITON_INTERPRET=1 in the environment before importing mops, or use backend='torch'"
         )
     return "triton"
+
+
+def resolved_backends(backend: str, device: torch.device | str) -> dict[str, str]:
+    """op -> "torch" or "triton": what each op of `dispatch.OPS` runs with this backend setting on
+    `device` (what a results file records). Raises as the ops would when the setting cannot run."""
+    device = torch.device(device)
+    return {op: resolve_for_device(backend, device, op) for op in dispatch.OPS}

@@ -18,8 +18,9 @@ import math
 
 import torch
 
-from . import reference
+from . import autocast, reference
 from .backend import resolve_backend
+from .launches import launch
 from .layer_norm import sum_partials  # the fixed-order column sum both backward passes end with
 
 try:
@@ -115,6 +116,11 @@ def backward_programs(num_tiles: int, column_blocks: int, device: torch.device) 
 class _BiasGelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bias):
+        with autocast.off(x.device.type):
+            return _BiasGelu._forward(ctx, x, bias)
+
+    @staticmethod
+    def _forward(ctx, x, bias):
         width = x.shape[-1]
         x2 = x.reshape(-1, width).contiguous()  # (M, N)
         rows = x2.shape[0]
@@ -123,7 +129,10 @@ class _BiasGelu(torch.autograd.Function):
         if y.numel() > 0:
             block_n, tile_rows, num_warps = _launch_config(width)
             grid = (triton.cdiv(rows, tile_rows), triton.cdiv(width, block_n))
-            _bias_gelu_fwd[grid](x2, bias_c, y, rows, width, ROWS=tile_rows, BLOCK_N=block_n, num_warps=num_warps)
+            launch(
+                "bias_gelu.fwd", _bias_gelu_fwd, grid,
+                x2, bias_c, y, rows, width, ROWS=tile_rows, BLOCK_N=block_n, num_warps=num_warps,
+            )
         ctx.save_for_backward(x2, bias_c)
         ctx.x_shape = x.shape
         ctx.x_dtype = x.dtype
@@ -131,6 +140,11 @@ class _BiasGelu(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        with autocast.off(dy.device.type):
+            return _BiasGelu._backward(ctx, dy)
+
+    @staticmethod
+    def _backward(ctx, dy):
         x2, bias = ctx.saved_tensors
         rows, width = x2.shape
         need_dx, need_dbias = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -143,7 +157,8 @@ class _BiasGelu(torch.autograd.Function):
             num_tiles = triton.cdiv(rows, tile_rows)
             programs, per_program = backward_programs(num_tiles, column_blocks, x2.device)
             partial = torch.empty((programs, width), dtype=torch.float32, device=x2.device) if need_dbias else dy2
-            _bias_gelu_bwd[(programs, column_blocks)](
+            launch(
+                "bias_gelu.bwd", _bias_gelu_bwd, (programs, column_blocks),
                 x2, bias, dy2, dx if dx is not None else dy2, partial,
                 rows, width, num_tiles, per_program,
                 STORE_DX=need_dx, NEED_DBIAS=need_dbias, ROWS=tile_rows, BLOCK_N=block_n, num_warps=num_warps,
@@ -156,6 +171,8 @@ class _BiasGelu(torch.autograd.Function):
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """GELU(x + bias) in the promoted dtype of x and bias, with or without autocast, as the twin
+    (autocast has no policy for add or gelu: a bf16 activation plus an fp32 bias gives fp32)."""
     if resolve_backend(backend, x, op="bias_gelu") == "torch":
         return reference.bias_gelu(x, bias)
     if triton is None:
@@ -167,4 +184,5 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, backend: str = "auto") -> tor
         )
     if bias.device != x.device:
         raise ValueError(f"bias_gelu: bias is on {bias.device} but x is on {x.device}")
-    return _BiasGelu.apply(x, bias)
+    dtype = autocast.cast_dtype("bias_gelu", x.device.type)  # None under every current policy
+    return _BiasGelu.apply(autocast.cast(dtype, x), autocast.cast(dtype, bias))

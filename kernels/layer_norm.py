@@ -26,8 +26,9 @@ import math
 
 import torch
 
-from . import reference
+from . import autocast, reference
 from .backend import resolve_backend
+from .launches import launch
 
 try:
     import triton
@@ -148,8 +149,9 @@ def sum_partials(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         block_c, block_g = 16, 256
     else:
         block_c, block_g = min(1024, triton.next_power_of_2(width)), triton.next_power_of_2(min(programs, 64))
-    _sum_partials[(triton.cdiv(width, block_c), slabs)](
-        partial, out, programs, width, BLOCK_G=block_g, BLOCK_C=block_c, num_warps=4
+    launch(
+        "sum_partials", _sum_partials, (triton.cdiv(width, block_c), slabs),
+        partial, out, programs, width, BLOCK_G=block_g, BLOCK_C=block_c, num_warps=4,
     )
     return out
 
@@ -232,11 +234,17 @@ def _split_residual(x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tens
 
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, eps, rows_broadcast):
+    def forward(ctx, x, weight, bias, residual, eps, rows_broadcast, out_dtype):
+        with autocast.off(x.device.type):
+            return _LayerNorm._forward(ctx, x, weight, bias, residual, eps, rows_broadcast, out_dtype)
+
+    @staticmethod
+    def _forward(ctx, x, weight, bias, residual, eps, rows_broadcast, out_dtype):
         width = x.shape[-1]
         x2 = x.reshape(-1, width).contiguous()  # (M, N)
         rows = x2.shape[0]
-        out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+        if out_dtype is None:
+            out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
         if residual is not None:
             r2 = residual.reshape(-1, width).contiguous()  # (R, N), R == M unless rows_broadcast
         else:
@@ -247,7 +255,8 @@ class _LayerNorm(torch.autograd.Function):
         if rows > 0:
             block_n, tile_rows, num_warps = _launch_config(width)
             grid = (triton.cdiv(rows, tile_rows),)
-            _layer_norm_fwd[grid](
+            launch(
+                "layer_norm.fwd", _layer_norm_fwd, grid,
                 x2, r2 if r2 is not None else x2, weight.contiguous(), bias.contiguous(), y, mean, rstd,
                 rows, width, r2.shape[0] if r2 is not None else 1, eps,
                 HAS_RES=r2 is not None, ROWS=tile_rows, BLOCK_N=block_n, num_warps=num_warps,
@@ -263,6 +272,11 @@ class _LayerNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        with autocast.off(dy.device.type):
+            return _LayerNorm._backward(ctx, dy)
+
+    @staticmethod
+    def _backward(ctx, dy):
         x2, r2, weight, mean, rstd = ctx.saved_tensors
         rows, width = x2.shape
         need_dx = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]
@@ -275,7 +289,8 @@ class _LayerNorm(torch.autograd.Function):
         if rows > 0 and (need_dx or need_dwdb):
             programs, per_program = backward_programs(num_tiles, x2.device)
             partial = torch.empty((2, programs, width), dtype=torch.float32, device=x2.device) if need_dwdb else mean
-            _layer_norm_bwd[(programs,)](
+            launch(
+                "layer_norm.bwd", _layer_norm_bwd, (programs,),
                 x2, r2 if r2 is not None else x2, weight.contiguous(), dy2, dx if dx is not None else dy2,
                 mean, rstd, partial,
                 rows, width, r2.shape[0] if r2 is not None else 1, programs, num_tiles, per_program,
@@ -303,7 +318,7 @@ class _LayerNorm(torch.autograd.Function):
                 else:
                     dres = dx.view(ctx.res_shape)
                 dres = dres.to(ctx.res_dtype)
-        return dx_out, dweight, dbias, dres, None, None
+        return dx_out, dweight, dbias, dres, None, None, None
 
 
 def layer_norm(
@@ -314,10 +329,18 @@ def layer_norm(
     residual: torch.Tensor | None = None,  # (..., N)
     backend: str = "auto",
 ) -> torch.Tensor:
+    """LayerNorm(x + residual) over the last dimension; under autocast with the twin's dtypes
+    (on CUDA an fp32 output and fp32 weights, as autocast runs layer_norm; see kernels/autocast.py)."""
     if resolve_backend(backend, x, op="layer_norm") == "torch":
         return reference.layer_norm(x, weight, bias, eps, residual)
     _check(x, weight, bias, residual)
+    dtype = autocast.cast_dtype("layer_norm", x.device.type)
+    weight, bias = autocast.cast(dtype, weight), autocast.cast(dtype, bias)
+    if dtype is not None and dtype != torch.float32:  # narrowing: round the inputs as the twin's cast would
+        x, residual = autocast.cast(dtype, x), autocast.cast(dtype, residual)
+    # Widening to float32 needs no copy of x and residual: the kernels read them in their own
+    # dtype and add them in fp32 anyway. Only the output dtype changes.
     rows_broadcast = False
     if residual is not None:
         x, residual, rows_broadcast = _split_residual(x, residual)
-    return _LayerNorm.apply(x, weight, bias, residual, float(eps), rows_broadcast)
+    return _LayerNorm.apply(x, weight, bias, residual, float(eps), rows_broadcast, dtype)
