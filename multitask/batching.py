@@ -178,6 +178,7 @@ class Collator:
     max_length: int = 128
     siamese: bool = False
     regression: bool = False
+    pad_multiple: int = 1  # padded lengths are multiples of this (masked like any padding)
 
     def __call__(self, examples: Sequence[Example]) -> LabeledBatch:
         if not examples:
@@ -189,10 +190,10 @@ class Collator:
         if self.siamese:
             if not is_pair:
                 raise ValueError("siamese encoding needs sentence pairs; these examples are single sentences")
-            inputs = self.tokenizer(first, max_length=self.max_length)
-            inputs_b = self.tokenizer(second, max_length=self.max_length)
+            inputs = self.tokenizer(first, max_length=self.max_length, pad_to_multiple_of=self.pad_multiple)
+            inputs_b = self.tokenizer(second, max_length=self.max_length, pad_to_multiple_of=self.pad_multiple)
         else:
-            inputs = self.tokenizer(first, second, max_length=self.max_length)
+            inputs = self.tokenizer(first, second, max_length=self.max_length, pad_to_multiple_of=self.pad_multiple)
         return LabeledBatch(inputs, self._labels(examples), [e.uid for e in examples], inputs_b)
 
     def _labels(self, examples: Sequence[Example]) -> torch.Tensor | None:

@@ -15,6 +15,7 @@ from typing import Any
 from kernels import BACKENDS
 
 from .model import PAIR_ENCODINGS
+from .precision import PRECISIONS
 from .sampling import SAMPLINGS
 from .schedule import SCHEDULES
 from .tasks import TASK_NAMES
@@ -58,10 +59,17 @@ class TrainConfig:
     head_dropout: float = setting(0.1, "dropout before each task head")
     dropout: float | None = setting(None, "encoder dropout everywhere (default: the checkpoint's)")
     eval_every: int | None = setting(None, "steps between dev evaluations (default: once per epoch)")
+    max_train_examples: int | None = setting(None, "cap each training set (quick looks; default: the whole set)")
     max_eval_examples: int | None = setting(None, "cap each dev set (quick looks; default: the whole set)")
     seed: int = setting(0, "seed of initialisation, batching and dropout")
-    backend: str = setting("auto", "kernels for the encoder: auto (the faster measured one per op), "
-                                   "torch, or triton", BACKENDS)
+    backend: str = setting("auto", "kernels for the encoder: auto (per op, the one measured faster on this "
+                                   "GPU; PyTorch where nothing was measured and on the CPU), torch, or triton",
+                           BACKENDS)
+    precision: str = setting("auto", "autocast: auto (bf16 on a GPU that has it, fp16 with loss scaling on one "
+                                     "that does not, fp32 on the CPU), bf16, fp16 or fp32; weights and AdamW "
+                                     "state stay fp32", PRECISIONS)
+    pad_multiple: int | None = setting(None, "pad each batch's length up to a multiple of this, so a run sees "
+                                             "few distinct shapes (default: 16 on a GPU, 1 on the CPU)")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     out_dir: str = setting("runs/latest", "run folder: last.pt, best.pt, results.json", flag="--out")
     progress: bool = setting(True, "no progress bars", flag="--quiet")
@@ -91,7 +99,8 @@ class TrainConfig:
         for name in ("batch_size", "max_length"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("epochs", "steps", "seconds", "eval_every", "max_eval_examples"):
+        for name in ("epochs", "steps", "seconds", "eval_every", "max_train_examples", "max_eval_examples",
+                     "pad_multiple"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")

@@ -119,13 +119,14 @@ class MultitaskBert(nn.Module):
         return self.heads[task](pooled, pooled_b)
 
     def loss(self, task: str, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The task's loss in fp32, whatever precision the head ran in (autocast or not)."""
         if self.tasks[task].kind == "regression":
-            return F.mse_loss(outputs.squeeze(-1), labels.float())
-        return F.cross_entropy(outputs, labels)
+            return F.mse_loss(outputs.squeeze(-1).float(), labels.float())
+        return F.cross_entropy(outputs.float(), labels)
 
     def predict(self, task: str, outputs: torch.Tensor) -> torch.Tensor:
         if self.tasks[task].kind == "regression":
-            return outputs.squeeze(-1)
+            return outputs.squeeze(-1).float()
         return outputs.argmax(dim=-1)
 
     def parameters_of(self, task: str) -> list[nn.Parameter]:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from common.files import atomic_open, atomic_write_json
+from kernels.backend import resolved_backends
 from minbert import AdamW, BertTokenizer
 
 from .accounting import account_model
@@ -29,6 +30,7 @@ from .devices import rank_and_world, training_device
 from .encoders import build_encoder
 from .environment import device_name, versions
 from .model import HeadConfig, MultitaskBert
+from .precision import resolve_precision
 from .sampling import task_at_step
 from .schedule import lr_factor
 from .sharing import parse_plan
@@ -68,6 +70,9 @@ class Trainer:
         self.rank, self.world = rank_and_world()
         self.distributed = dist.is_available() and dist.is_initialized()
         self.device = training_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.scaler = self.precision.grad_scaler()
+        self.pad_multiple = config.pad_multiple or (16 if self.device.type == "cuda" else 1)
         self.out_dir = Path(config.out_dir)
 
         tasks = make_tasks(config.tasks, config.data)
@@ -82,7 +87,7 @@ class Trainer:
         ).to(self.device)
         del pretrained
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay, backend=config.backend)
         self.ddp = None
         if self.distributed:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -93,14 +98,14 @@ class Trainer:
         self.batches_per_epoch = sum(math.ceil(len(d.train) / config.batch_size) for d in self.data)
         self.total_steps = self._planned_steps()
         self.eval_every = config.eval_every or self.batches_per_epoch
-        self.state = {"step": 0, "train_seconds": 0.0, "examples": 0, "curve": [], "best": None,
+        self.state = {"step": 0, "train_seconds": 0.0, "examples": 0, "skipped_steps": 0, "curve": [], "best": None,
                       "positions": {d.task.name: [0, 0] for d in self.data}}  # task -> [epoch, batch index]
 
     # ---- data -------------------------------------------------------------------------------
     def _load(self, task: Task) -> TaskData:
         train, dev = task.loader("train"), task.loader("dev")
-        if self.config.max_eval_examples:
-            dev = dev[: self.config.max_eval_examples]
+        train = train[: self.config.max_train_examples]  # a cap of None keeps them all
+        dev = dev[: self.config.max_eval_examples]
         if not train:
             raise TrainingError(f"task {task.name} has no training examples")
         c = self.config
@@ -108,7 +113,8 @@ class Trainer:
         lengths = token_lengths(train, self.tokenizer, c.max_length, siamese)
         dev_lengths = token_lengths(dev, self.tokenizer, c.max_length, siamese)
         dev_batches = BucketBatchSampler(dev_lengths, 2 * c.batch_size, shuffle=False).batches()
-        collate = Collator(self.tokenizer, c.max_length, siamese, regression=task.kind == "regression")
+        collate = Collator(self.tokenizer, c.max_length, siamese, regression=task.kind == "regression",
+                           pad_multiple=self.pad_multiple)
         return TaskData(task, train, dev, BucketBatchSampler(lengths, c.batch_size, seed=c.seed), dev_batches, collate)
 
     def _planned_steps(self) -> int | None:
@@ -147,6 +153,7 @@ class Trainer:
             )
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        self.scaler.load_state_dict(saved["scaler"])
         self.state = saved["state"]
         torch.set_rng_state(saved["rng"])
         return True
@@ -155,7 +162,8 @@ class Trainer:
         if self.rank != 0:
             return
         _atomic_save(
-            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "state": self.state,
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+             "scaler": self.scaler.state_dict(), "state": self.state,
              "rng": torch.get_rng_state(), "config": self.config.identity()},
             self.out_dir / LAST_FILE,
         )
@@ -170,7 +178,8 @@ class Trainer:
             predictions, labels = [], []
             for indices in tqdm(data.dev_batches, desc=f"eval {data.task.name}", leave=False, disable=not self._bars()):
                 batch = data.collate([data.dev[i] for i in indices])
-                outputs = self._forward(data.task.name, batch.to(self.device), self.model)
+                with self.precision.autocast():
+                    outputs = self._forward(data.task.name, batch.to(self.device), self.model)
                 predictions.append(self.model.predict(data.task.name, outputs).cpu())
                 labels.append(batch.labels)
             metrics[data.task.metric_key] = score(data.task, torch.cat(predictions), torch.cat(labels))
@@ -208,20 +217,25 @@ class Trainer:
         else:
             local, weight = examples, 1.0
         batch = data.collate(local).to(self.device)
-        outputs = self._forward(data.task.name, batch, self.ddp or self.model)
-        loss = self.model.loss(data.task.name, outputs, batch.labels)
+        with self.precision.autocast():
+            outputs = self._forward(data.task.name, batch, self.ddp or self.model)
+            loss = self.model.loss(data.task.name, outputs, batch.labels)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the {data.task.name} loss is {loss.item()} at step {self.state['step'] + 1}; "
                 f"lower the learning rate (now {self.config.lr}) or check the {data.task.name} labels"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        (loss * weight).backward()
+        self.scaler.scale(loss * weight).backward()
         # The middle of this step: neither the first nor the last step of a linear schedule is wasted at lr 0.
         progress = min(1.0, self._progress() + (0.5 / self.total_steps if self.total_steps else 0.0))
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * lr_factor(self.config.schedule, progress, self.config.warmup)
-        self.optimizer.step()
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)  # fp16: skipped when a gradient overflowed
+        self.scaler.update()
+        if self.scaler.is_enabled() and self.scaler.get_scale() < scale:  # the scale only falls after an overflow
+            self.state["skipped_steps"] += 1
         self.state["examples"] += len(examples)
         return loss.item()
 
@@ -286,6 +300,9 @@ class Trainer:
                 "corpus": "demo" if self.config.data == "demo" else "cs224n",
                 "world_size": self.world,
             },
+            "precision": self.precision.name,  # what `config.precision` resolved to on this device
+            "pad_multiple": self.pad_multiple,
+            "kernels": resolved_backends(self.config.backend, self.device),  # op -> the backend it ran
             "metrics": final,
             "best": s["best"],
             "accounting": account_model(self.model),
@@ -296,6 +313,7 @@ class Trainer:
                 "epochs": round(epochs_done, 4),
                 "seconds_per_epoch": round(s["train_seconds"] / epochs_done, 3) if epochs_done else None,
                 "examples_per_second": round(s["examples"] / s["train_seconds"], 2) if s["train_seconds"] else None,
+                "skipped_steps": s["skipped_steps"],  # fp16 steps dropped for overflowing gradients
             },
             "curve": s["curve"],
             "resumed": resumed,

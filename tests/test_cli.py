@@ -15,6 +15,7 @@ import pytest
 
 import bench.sweep
 from bench.records import append_record, run_id
+from embedded import requires_embedded_checkpoint
 from mops.cli import main
 from multitask.tasks import TASK_NAMES
 
@@ -150,6 +151,7 @@ def test_sweep_options_make_the_grid(tmp_path, monkeypatch):
     assert all(c.steps == 3 and c.lr == 1e-3 for c in started)
 
 
+@requires_embedded_checkpoint  # the sweep's child process builds its encoder from it
 def test_sweep_from_the_command_line_trains_writes_results_and_prints_the_table(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # run folders go under ./results/runs
     assert mops("sweep", "--widths", "32", "--plans", "FFFSSS", "--task-sets", "sst,sts", "--seeds", "7",

@@ -11,12 +11,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from embedded import requires_embedded_checkpoint
 from multitask.config import TrainConfig
 from multitask.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"),
+              requires_embedded_checkpoint]  # the child processes build their encoder from it
 
 # Dropout off, so both runs compute the same function; a grouped plan leaves some copies and
 # heads idle at every step, which is the case DDP must be told about.

@@ -38,11 +38,13 @@ from bench.sweep import (
     shard_results_path,
     sweep_from_args,
 )
+from embedded import requires_embedded_checkpoint
 from mops.cli import main as cli_main
 from multitask.config import TrainConfig
 from multitask.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = requires_embedded_checkpoint  # sweep runs are child processes that build their encoder from it
 MEMORY_SOURCES = {"rss", "nvml-process", "nvml-device"}
 
 # Training settings shared by every real run here: seconds per run on a CPU.

@@ -73,6 +73,20 @@ def test_padding_only_to_longest(tokenizers):
     assert batch.input_ids[1, 3].item() == ours.pad_id
 
 
+def test_padding_to_a_multiple_matches_the_reference(tokenizers):
+    ours, reference, _ = tokenizers
+    texts, pairs = ["one two", "one", "a somewhat longer sentence than the others"], ["x", "y z", "w"]
+    batch = ours(texts, pairs, pad_to_multiple_of=8)
+    expected = reference(texts, pairs, padding=True, pad_to_multiple_of=8, return_tensors="pt")
+    assert batch.input_ids.shape[1] % 8 == 0
+    assert batch.input_ids.tolist() == expected["input_ids"].tolist()
+    assert batch.attention_mask.tolist() == expected["attention_mask"].tolist()
+    assert batch.token_type_ids.tolist() == expected["token_type_ids"].tolist()
+    assert ours(["one"], pad_to_multiple_of=1).input_ids.shape == (1, 3)
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be >= 1, got 0"):
+        ours(["one"], pad_to_multiple_of=0)
+
+
 def test_bad_input_errors(tokenizers, tmp_path):
     ours, _, _ = tokenizers
     with pytest.raises(TypeError, match="list of sentences"):

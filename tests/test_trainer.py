@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from embedded import requires_embedded_checkpoint
 from multitask.config import TrainConfig
 from multitask.schedule import lr_factor
 from multitask.trainer import Trainer, TrainingError
@@ -156,6 +157,7 @@ TINY_CLI = ["train", "--checkpoint", "random", "--hidden-size", "32", "--num-lay
             "--backend", "torch", "--quiet"]
 
 
+@requires_embedded_checkpoint  # the child process builds its encoder from it
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     out = tmp_path / "killed"
     command = _cli(*TINY_CLI, "--steps", "400", "--eval-every", "2", "--out", str(out))
@@ -184,3 +186,35 @@ def test_cli_reports_bad_plan_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("mops: error: ") and "'X'" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_padding_to_a_multiple_of_16_changes_no_output_metric_or_update(tmp_path):
+    """Padded lengths rounded up (as on a GPU) stay masked: head outputs, dev metrics and trained
+    weights are those of padding to the longest row, to float rounding (sums over more zero terms)."""
+    settings = dict(dropout=0.0, head_dropout=0.0, steps=4, eval_every=4)
+    runs = {m: Trainer(tiny(tmp_path, pad_multiple=m, out_dir=str(tmp_path / f"pad{m}"), **settings)) for m in (1, 16)}
+    widths = []
+    with torch.no_grad():
+        for one, sixteen in zip(runs[1].data, runs[16].data):
+            name, dev = one.task.name, one.dev[:8]
+            short, padded = one.collate(dev), sixteen.collate(dev)
+            widths.append((short.inputs.input_ids.shape[1], padded.inputs.input_ids.shape[1]))
+            runs[1].model.eval()
+            torch.testing.assert_close(runs[1].model(name, padded.inputs), runs[1].model(name, short.inputs),
+                                       rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert all(padded % 16 == 0 and padded >= short for short, padded in widths)
+    assert any(padded > short for short, padded in widths)  # some rows really got extra padding
+    records = {m: r.train() for m, r in runs.items()}
+    assert records[16]["pad_multiple"] == 16 and records[1]["pad_multiple"] == 1
+    for key in ("sst_acc", "para_acc"):
+        assert records[16]["metrics"][key] == records[1]["metrics"][key], key
+    # This untrained model's STS predictions spread by ~1e-4, so Pearson's r magnifies rounding.
+    assert records[16]["metrics"]["sts_r"] == pytest.approx(records[1]["metrics"]["sts_r"], abs=1e-3)
+    one, sixteen = runs[1].model.state_dict(), runs[16].model.state_dict()
+    for name in one:
+        torch.testing.assert_close(sixteen[name], one[name], rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+def test_the_cpu_pads_to_the_longest_row_by_default(tmp_path):
+    trainer = Trainer(tiny(tmp_path))
+    assert trainer.pad_multiple == 1 and trainer.data[0].collate.pad_multiple == 1
