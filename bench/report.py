@@ -198,25 +198,37 @@ def _sorted_rows(records: list[dict[str, Any]]) -> tuple[list[_Row], list[str]]:
 # -- the table -------------------------------------------------------------------------------
 
 
+def seconds_per_epoch(record: dict[str, Any]) -> float | None:
+    """The mean of a run's epochs after the first, where it has them: the first fills the
+    frozen-prefix cache and says little about the epochs that follow. Else the run's mean."""
+    epochs = _get(record, "timing", "epoch_seconds") or []
+    if len(epochs) >= 2:
+        return statistics.fmean(epochs[1:])
+    return _number(_get(record, "timing", "seconds_per_epoch"))
+
+
 def build_table(records: list[dict[str, Any]], fmt: str = "github") -> str:
     """One row per configuration and machine, seeds pooled; `fmt` is any tabulate table format.
 
     Columns: front (* on the memory-accuracy Pareto front), plan, width, any other config key
     that differs between rows, runs (finished/total), unique and trainable parameters,
-    predicted memory (accounting total, MiB), measured peak memory (MiB) and its source,
-    seconds per epoch, each task's dev metric, the overall score, and the status.
+    predicted peak (MiB: a step's estimated peak where the records have one, else weights + gradients +
+    AdamW state), measured peak memory (MiB), their ratio, the measurement's source,
+    seconds per epoch (epochs after the first, where a run has them), each task's dev metric, the overall score, and the status.
     """
     if not records:
         return "no runs"
     rows, varying = _sorted_rows(records)
     metrics = _metric_names(records)
     front = _front_rows(rows)
-    headers = ["front", "plan", "width", *varying, "runs", "unique", "trainable", "pred MiB", "peak MiB", "source",
-               "s/epoch", *metrics, "overall", "status"]
+    headers = ["front", "plan", "width", *varying, "runs", "unique", "trainable", "pred MiB", "peak MiB",
+               "peak/pred", "source", "s/epoch", *metrics, "overall", "status"]
     table = []
     for i, row in enumerate(rows):
         unique, trainable = row.values("accounting", "unique_params"), row.values("accounting", "trainable_params")
-        predicted = row.values("accounting", "total_bytes")
+        # the predicted peak of a step where the record has one, else weights + gradients + AdamW state
+        predicted = row.values("prediction", "peak_bytes") or row.values("accounting", "total_bytes")
+        peaks = row.values("memory", "peak_bytes")
         table.append([
             "*" if i in front else "",
             _show(row.config.get("plan")),
@@ -226,9 +238,10 @@ def build_table(records: list[dict[str, Any]], fmt: str = "github") -> str:
             human_count(unique[0]) if unique else "",
             human_count(trainable[0]) if trainable else "",
             f"{predicted[0] / MiB:.1f}" if predicted else "",  # deterministic: one value per config
-            _mean_std(row.values("memory", "peak_bytes"), ".1f", MiB),
+            _mean_std(peaks, ".1f", MiB),
+            f"{statistics.fmean(peaks) / predicted[0]:.2f}" if peaks and predicted else "",
             row.sources(),
-            _mean_std(row.values("timing", "seconds_per_epoch", runs=row.ok), ".1f"),
+            _mean_std([seconds_per_epoch(r) for r in row.ok if seconds_per_epoch(r) is not None], ".1f"),
             *[_mean_std(row.values("metrics", m, runs=row.ok), ".3f") for m in metrics],
             _mean_std(row.values("metrics", "overall", runs=row.ok), ".3f"),
             row.status(),

@@ -20,6 +20,18 @@ from multitask.environment import device_name
 from multitask.trainer import Trainer
 
 from .memory import MemorySampler
+from .prediction import predict
+
+
+def _prediction(trainer: Trainer) -> dict:
+    """The predicted peak of this run's step at its batch size and longest length, kept beside the
+    measured peak; a prediction that fails is noted, the run's record is kept."""
+    config = trainer.config
+    try:
+        return predict(trainer.model, config.batch_size, config.max_length, trainer.precision, config.backend,
+                       config.pair_encoding).as_dict()
+    except Exception as err:  # noqa: BLE001 - the run itself succeeded
+        return {"error": f"{type(err).__name__}: {err}"}
 
 
 def main(argv: list[str]) -> int:
@@ -32,7 +44,9 @@ def main(argv: list[str]) -> int:
         return samplers[-1]
 
     try:
-        record = Trainer(config, memory_sampler=sampler).train()
+        trainer = Trainer(config, memory_sampler=sampler)
+        record = trainer.train()
+        record["prediction"] = _prediction(trainer)
     except Exception as err:  # the run failed; its record says how, the sweep goes on
         oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
         record = {

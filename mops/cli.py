@@ -7,6 +7,7 @@ The command line is the composition root: it reaches the trainer (multitask) and
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -15,25 +16,30 @@ import torch
 import torch.distributed as dist
 from tabulate import tabulate
 
+from bench.advise import parse_budget, predict_candidates, ranking, shortlist, successive_halving
 from bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
 from bench.gpu_check import CheckConfig, default_folder, run_check
 from bench.kernel_table import device_rows, update_table
 from bench.memory import MemorySampler
+from bench.prediction import UncalibratedPlan, predict
 from bench.report import report
 from bench.sweep import GRID_FIELDS, SET_BY_SWEEP, SweepConfig, run_sweep, shard_results_path, sweep_from_args
 from minbert import BertModel
 from multitask.accounting import account_model
 from multitask.config import TrainConfig
-from multitask.devices import init_distributed_from_env
+from multitask.devices import init_distributed_from_env, resolve_device
 from multitask.data import DataError
 from multitask.download import SOURCES, DownloadError, download
 from multitask.environment import device_name
-from multitask.model import MultitaskBert
+from multitask.export import export_task
+from multitask.model import HeadConfig, MultitaskBert
+from multitask.precision import resolve_precision
+from multitask.prefix_cache import predict_bytes
 from multitask.sharing import parse_plan
 from multitask.tasks import TASK_NAMES, make_tasks
 from multitask.trainer import Trainer
 
-from .options import add_config_options, comma_list, config_settings
+from .options import add_config_options, comma_list, config_settings, flag_of
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -56,15 +62,57 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     config = TrainConfig(**config_settings(args))
-    pretrained = BertModel.from_pretrained(config.checkpoint)
+    pretrained = BertModel.from_pretrained(config.checkpoint, backend=config.backend)
     plan = parse_plan(args.plan, config.tasks, pretrained.config.num_hidden_layers)
+    model = MultitaskBert(pretrained, plan, make_tasks(config.tasks, "demo"), HeadConfig(config.pair_encoding),
+                          config.lora())
+    precision = resolve_precision(config.precision, resolve_device(config.device))
+    length = args.length or config.max_length
+    try:
+        prediction = predict(model, config.batch_size, length, precision, config.backend, config.pair_encoding,
+                             args.examples)
+    except UncalibratedPlan as err:  # the plan is fine; only its activations cannot be predicted yet
+        prediction, unpredicted = None, str(err)
+    if args.json:
+        body = prediction.as_dict() if prediction else {**account_model(model), "prediction_error": unpredicted}
+        print(json.dumps({"plan": str(plan), "tasks": config.tasks, **body}, indent=2))
+        return 0
     print(plan.describe())
-    accounting = account_model(MultitaskBert(pretrained, plan, make_tasks(config.tasks, "demo")))
+    accounting = account_model(model)
     mib = lambda n: f"{n / 2**20:,.1f} MiB"  # noqa: E731
     print(f"\nparameters: {accounting['unique_params']:,} unique, {accounting['trainable_params']:,} trainable")
     print(f"memory for weights {mib(accounting['weight_bytes'])}, gradients {mib(accounting['grad_bytes'])}, "
           f"AdamW state {mib(accounting['optimizer_bytes'])}: {mib(accounting['total_bytes'])} before activations")
+    print(_cache_line(plan, pretrained.config.hidden_size, args.examples, args.mean_length))
+    if prediction is None:
+        print(f"\nno peak prediction: {unpredicted}")
+        return 0
+    largest = max(prediction.activation_bytes_per_task, key=prediction.activation_bytes_per_task.get)
+    pieces = ", ".join(f"{piece} {mib(n)}" for piece, n in prediction.activation_bytes_per_piece.items())
+    print(f"\none training step at batch {config.batch_size} x {length} tokens ({precision.name}, "
+          f"{config.backend} kernels), calibrated on {precision.device_type}:")
+    print(f"activations kept for the backward: {mib(prediction.activation_bytes)} (largest task: {largest}); "
+          f"per piece: {pieces}")
+    print(f"largest transient: {mib(prediction.transient_bytes)}")
+    print(f"estimated peak: {mib(prediction.peak_bytes)} (weights + gradients + AdamW state + activations + "
+          f"the largest transient)")
     return 0
+
+
+def _cache_line(plan, hidden_size: int, examples: int | None, mean_length: float) -> str:
+    """What the frozen-prefix cache would hold for a data set of this size (training + dev)."""
+    prefix = plan.frozen_prefix_length()
+    if prefix == 0:
+        return "frozen-prefix cache: none (the plan has no frozen prefix)"
+    if examples is None:
+        return "frozen-prefix cache: pass --examples N (and --mean-length L) to size it"
+    pooled = prefix == plan.num_layers + 2
+    tokens = round(examples * mean_length)
+    sizes = {name: predict_bytes(tokens, examples, hidden_size, dtype, pooled) / 2**20
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    kept = "one pooled vector per example" if pooled else f"{hidden_size} values per real token"
+    return (f"frozen-prefix cache for {examples:,} examples of {mean_length:g} tokens on average ({kept}): "
+            f"{sizes['fp32']:,.1f} MiB in fp32, {sizes['bf16']:,.1f} MiB under bf16 (off: --no-cache-frozen)")
 
 
 def _sweep_config(args: argparse.Namespace, demo: bool) -> SweepConfig:
@@ -149,11 +197,56 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+ADVISE_SETS = ("plan", "hidden_size", "num_layers", "epochs", "steps", "seconds", "eval_every", "out_dir", "progress")
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    """Predict, shortlist and probe plans for a memory budget; print the ranking and the command to run."""
+    budget = parse_budget(args.budget)
+    settings = config_settings(args)
+    config = TrainConfig(**settings)
+    pretrained = BertModel.from_pretrained(config.checkpoint, backend=config.backend)
+    tasks = make_tasks(config.tasks, config.data)
+    precision = resolve_precision(config.precision, resolve_device(config.device))
+    candidates = predict_candidates(pretrained, tasks, config.batch_size, config.max_length, precision,
+                                    config.pair_encoding)
+    probed = shortlist(candidates, budget, args.candidates)
+    fitting = sum(c.prediction.peak_bytes <= budget for c in candidates)
+    print(f"{fitting} of {len(candidates)} plans are predicted to fit {budget / 2**20:,.0f} MiB at batch "
+          f"{config.batch_size} x {config.max_length} ({precision.name}); probing {len(probed)}: "
+          f"{', '.join(c.plan for c in probed)}")
+    train = {k: v for k, v in settings.items() if k not in ("tasks", "checkpoint", "seed")}
+    rounds = successive_halving([c.plan for c in probed], config.tasks, config.checkpoint,
+                                {**train, "progress": False}, args.probe_steps, args.results)
+    ranked, table = ranking(rounds, {c.plan: c.prediction.peak_bytes for c in probed}, args.probe_steps)
+    print(table)
+    best = ranked[0]
+    command = ["mops", "train", "--plan", best, *[part for name, value in settings.items()
+                                                   for part in _flag_and_value(name, value)]]
+    print(f"\nrecommended: {best}\n  {' '.join(command)}")
+    return 0
+
+
+def _flag_and_value(name: str, value) -> list[str]:
+    flag = flag_of(name)
+    if isinstance(value, bool):
+        return [flag] if name == "progress" and not value else ([f"--{'' if value else 'no-'}{flag[2:]}"])
+    return [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+
+
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         raise RuntimeError("gpu-check needs a CUDA GPU, and this machine has none; the CPU suite is `make test`")
     return run_check(CheckConfig(out=Path(args.out) if args.out else default_folder(), data=args.data,
                                  checkpoint=args.checkpoint))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """One task's encoder of a run as a standard BERT folder, and its head beside it."""
+    exported = export_task(args.run_dir, args.task, args.out_dir)
+    print(f"{exported.out_dir}: {args.task}'s encoder from {exported.source} (step {exported.step}): "
+          f"{', '.join(exported.files)}")
+    return 0
 
 
 # ---- the parser -------------------------------------------------------------------------------
@@ -190,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="show what a sharing plan builds and what it costs in memory")
     plan.add_argument("plan", help="e.g. FFSSII, F2S2I2, F2S2[sst+para|sts]2")
     add_config_options(plan, only=("tasks", "checkpoint"))
+    plan.add_argument("--examples", type=int, default=None,
+                      help="training + dev examples, to size the frozen-prefix cache (a siamese pair counts twice)")
+    plan.add_argument("--mean-length", type=float, default=32.0, help="mean tokens per example (default: 32)")
+    add_config_options(plan, only=("batch_size", "precision", "backend", "pair_encoding", "device", "lora_rank",
+                                   "lora_alpha", "lora_dropout", "lora_targets"))
+    plan.add_argument("--length", type=int, default=None,
+                      help="padded tokens per example (a joint pair's; default: --max-length's default, 128)")
+    plan.add_argument("--json", action="store_true", help="print the prediction as one JSON object")
     plan.set_defaults(handler=cmd_plan)
 
     sweep = commands.add_parser("sweep", help="train a grid of plans x widths x task sets x seeds, one process each")
@@ -216,12 +317,33 @@ def build_parser() -> argparse.ArgumentParser:
                          help="first merge these `pytest --benchmark` results into the dispatch table")
     kernels.set_defaults(handler=cmd_kernels)
 
+    advise = commands.add_parser("advise", help="the best plan for a memory budget: predict, shortlist, probe")
+    advise.add_argument("--budget", required=True, help="memory for training: 4GiB, 4096MiB, 4GB or bytes")
+    advise.add_argument("--probe-steps", type=int, default=40, help="steps of the first probing round (default 40)")
+    advise.add_argument("--candidates", type=int, default=8, help="plans to probe (default 8)")
+    advise.add_argument("--results", default="results/advise.jsonl",
+                        help="JSONL file of the probe runs; an interrupted advice resumes from it")
+    add_config_options(advise, exclude=ADVISE_SETS)
+    advise.set_defaults(handler=cmd_advise)
+
     gpu = commands.add_parser("gpu-check", help="benchmarks, 60-second training runs and the tests on this GPU (`make gpu-check`)")
     gpu.add_argument("--data", default="demo", help="CS224N folder for the training runs (default: the demo corpus)")
     gpu.add_argument("--checkpoint", default=None,
                      help="checkpoint folder for the training runs; stands in for the embedded one where it is not installed")
     gpu.add_argument("--out", default=None, help="results folder (default: bench/results/GPU-TIME)")
     gpu.set_defaults(handler=cmd_gpu_check)
+
+    export = commands.add_parser(
+        "export", help="write one task's trained encoder as a standard BERT folder (LoRA merged, BitFit in place)",
+        description="Writes config.json, model.safetensors, vocab.txt and the tokenizer files of TASK's encoder, "
+                    "loadable by transformers.BertModel.from_pretrained and minbert.BertModel.from_pretrained, "
+                    "plus head.safetensors and head.json for its head. The weights are those of RUN_DIR/best.pt "
+                    "(the best overall dev score); OUT_DIR must not exist or be empty, and nothing is written "
+                    "when anything is wrong.")
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder written by `mops train --out`")
+    export.add_argument("--task", required=True, help="the task whose encoder to export, e.g. sst")
+    export.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="the folder to create")
+    export.set_defaults(handler=cmd_export)
 
     data = commands.add_parser("data", help="fetch and convert the public corpora")
     data_commands = data.add_subparsers(dest="data_command", required=True)

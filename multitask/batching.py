@@ -194,9 +194,10 @@ class Collator:
             inputs_b = self.tokenizer(second, max_length=self.max_length, pad_to_multiple_of=self.pad_multiple)
         else:
             inputs = self.tokenizer(first, second, max_length=self.max_length, pad_to_multiple_of=self.pad_multiple)
-        return LabeledBatch(inputs, self._labels(examples), [e.uid for e in examples], inputs_b)
+        return LabeledBatch(inputs, self.labels(examples), [e.uid for e in examples], inputs_b)
 
-    def _labels(self, examples: Sequence[Example]) -> torch.Tensor | None:
+    def labels(self, examples: Sequence[Example]) -> torch.Tensor | None:
+        """The targets of a batch: long classes, float scores (regression), or None if unlabelled."""
         labels = [e.label for e in examples]
         missing = sum(label is None for label in labels)
         if missing == len(labels):

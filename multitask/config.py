@@ -14,6 +14,7 @@ from typing import Any
 
 from kernels import BACKENDS
 
+from .lora import LORA_TARGETS, LoRAConfig
 from .model import PAIR_ENCODINGS
 from .precision import PRECISIONS
 from .sampling import SAMPLINGS
@@ -58,6 +59,12 @@ class TrainConfig:
                                           "(each sentence alone)", PAIR_ENCODINGS)
     head_dropout: float = setting(0.1, "dropout before each task head")
     dropout: float | None = setting(None, "encoder dropout everywhere (default: the checkpoint's)")
+    lora_rank: int = setting(8, "inner width of each LoRA update (plan letter L)")
+    lora_alpha: float = setting(16.0, "LoRA scaling numerator: updates are scaled by alpha / rank")
+    lora_dropout: float = setting(0.0, "dropout on the input of each LoRA update")
+    lora_targets: list[str] = setting(factory=lambda: list(LORA_TARGETS), choices=tuple(LORA_TARGETS),
+                                      help="linear layers of an L layer that get a LoRA update (an L pooler "
+                                           "always adapts its dense layer)")
     eval_every: int | None = setting(None, "steps between dev evaluations (default: once per epoch)")
     max_train_examples: int | None = setting(None, "cap each training set (quick looks; default: the whole set)")
     max_eval_examples: int | None = setting(None, "cap each dev set (quick looks; default: the whole set)")
@@ -68,6 +75,9 @@ class TrainConfig:
     precision: str = setting("auto", "autocast: auto (bf16 on a GPU that has it, fp16 with loss scaling on one "
                                      "that does not, fp32 on the CPU), bf16, fp16 or fp32; weights and AdamW "
                                      "state stay fp32", PRECISIONS)
+    cache_frozen: bool = setting(True, "keep the frozen prefix's outputs after an example's first pass, so "
+                                       "frozen layers cost nothing in later epochs (host memory; GPU memory where "
+                                       "it fits a quarter of the free memory)")
     pad_multiple: int | None = setting(None, "pad each batch's length up to a multiple of this, so a run sees "
                                              "few distinct shapes (default: 16 on a GPU, 1 on the CPU)")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
@@ -75,7 +85,7 @@ class TrainConfig:
     progress: bool = setting(True, "no progress bars", flag="--quiet")
 
     # Fields that may change between a run and its resumption (budgets and cosmetics).
-    RESUMABLE_CHANGES = ("epochs", "steps", "seconds", "progress", "eval_every", "device")
+    RESUMABLE_CHANGES = ("epochs", "steps", "seconds", "progress", "eval_every", "device", "cache_frozen")
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.seconds is None:
@@ -94,6 +104,12 @@ class TrainConfig:
                 raise ValueError(f"{spec.name} must be one of {valid}; got {value!r}")
         if not self.tasks:
             raise ValueError(f"no tasks given; choose from {', '.join(TASK_NAMES)}")
+        if self.lora_rank <= 0:
+            raise ValueError(f"lora_rank must be positive, got {self.lora_rank}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_targets:
+            raise ValueError(f"lora_targets names no layer; choose from {', '.join(LORA_TARGETS)}")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
         for name in ("batch_size", "max_length"):
@@ -104,6 +120,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+
+    def lora(self) -> LoRAConfig:
+        """The LoRA settings of `L` pieces, as the model builder takes them."""
+        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets))
 
     def identity(self) -> dict:
         """The settings a resumed run must share with the run that wrote the checkpoint."""

@@ -4,13 +4,14 @@ Each piece (embeddings, every encoder layer, the pooler) exists in as many copie
 plan gives it groups; a task runs through the copies of its groups, then its own head.
 Copies start from the same pretrained weights. Frozen pieces never train, run in eval mode
 (no dropout: they are fixed feature extractors), and a frozen bottom run of pieces executes
-without autograd so its activations are not kept for the backward.
+without autograd so its activations are not kept for the backward. LoRA (`L`) and BitFit (`B`)
+pieces hold one frozen base whose tensors every copy shares, plus each copy's trainable update;
+they run in train mode and with autograd, like any trainable piece.
 """
 
 from __future__ import annotations
 
 import copy
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,9 @@ import torch.nn.functional as F
 
 from minbert import Batch, BertModel
 
+from .bitfit import bitfit_copies
+from .lora import LoRAConfig, lora_copies
+from .prefix_cache import PrefixOutput
 from .sharing import SharingPlan
 from .tasks import Task
 
@@ -38,6 +42,16 @@ class HeadConfig:
 
 def _module_key(piece: str) -> str:
     return piece.replace(".", "_")  # ModuleDict keys may not contain dots
+
+
+def state_prefix(piece: str, key: str) -> str:
+    """Where copy `key` of `piece` sits in the model's state dict, e.g. 'pieces.layer_3.sst.'."""
+    return f"pieces.{_module_key(piece)}.{key}."
+
+
+def _piece_kind(piece: str) -> str:
+    """'embeddings', 'layer' or 'pooler': what a piece's name says it is."""
+    return "layer" if piece.startswith("layer.") else piece
 
 
 class TaskHead(nn.Module):
@@ -64,6 +78,7 @@ class MultitaskBert(nn.Module):
         plan: SharingPlan,
         tasks: Sequence[Task],
         head: HeadConfig | None = None,
+        lora: LoRAConfig | None = None,
     ) -> None:
         super().__init__()
         names = tuple(task.name for task in tasks)
@@ -77,12 +92,18 @@ class MultitaskBert(nn.Module):
         self.plan = plan
         self.config = pretrained.config
         self.head_config = head or HeadConfig()
+        self.lora_config = lora or LoRAConfig()
         self.tasks = {task.name: task for task in tasks}
         sources = {"embeddings": pretrained.embeddings, "pooler": pretrained.pooler}
         sources.update({f"layer.{i}": layer for i, layer in enumerate(pretrained.encoder.layer)})
         self.pieces = nn.ModuleDict()
         for piece, assignment in plan.pieces():
-            copies = nn.ModuleDict({key: copy.deepcopy(sources[piece]) for key in assignment.keys})
+            if assignment.letter == "L":
+                copies = lora_copies(sources[piece], assignment.keys, _piece_kind(piece), self.lora_config)
+            elif assignment.letter == "B":
+                copies = bitfit_copies(sources[piece], assignment.keys)
+            else:
+                copies = nn.ModuleDict({key: copy.deepcopy(sources[piece]) for key in assignment.keys})
             if assignment.frozen:
                 copies.requires_grad_(False)
             self.pieces[_module_key(piece)] = copies
@@ -101,21 +122,52 @@ class MultitaskBert(nn.Module):
         """The modules `task` runs through, bottom to top: embeddings, layers, pooler."""
         return [self.pieces[_module_key(piece)][a.key_of(task)] for piece, a in self.plan.pieces()]
 
-    def encode(self, task: str, batch: Batch) -> torch.Tensor:  # -> (B, H) pooled
-        embeddings, *layers, pooler = self.stack(task)
-        frozen = self._frozen_prefix
-        with torch.no_grad() if frozen >= 1 else contextlib.nullcontext():
-            hidden = embeddings(batch.input_ids, batch.token_type_ids)  # (B, L, H)
-        for index, layer in enumerate(layers, start=1):
-            with torch.no_grad() if index < frozen else contextlib.nullcontext():
-                hidden = layer(hidden, batch.attention_mask)
-        with torch.no_grad() if frozen == len(layers) + 2 else contextlib.nullcontext():
-            return pooler(hidden)
+    @property
+    def frozen_prefix(self) -> int:
+        """How many pieces from the bottom (embeddings = 1) run frozen, without autograd."""
+        return self._frozen_prefix
 
-    def forward(self, task: str, batch: Batch, batch_b: Batch | None = None) -> torch.Tensor:
-        """Head outputs (B, num_labels) of `task`; `batch_b` holds second sentences for siamese pairs."""
-        pooled = self.encode(task, batch)
-        pooled_b = self.encode(task, batch_b) if batch_b is not None else None
+    @property
+    def prefix_is_whole_encoder(self) -> bool:
+        """True when even the pooler is frozen: only the heads train."""
+        return self._frozen_prefix == self.plan.num_layers + 2
+
+    def prefix_output(self, task: str, batch: Batch) -> PrefixOutput:
+        """The frozen prefix's output for a batch, computed without autograd: hidden states at its
+        top with their attention mask, or pooled vectors when the prefix is the whole encoder."""
+        if self._frozen_prefix == 0:
+            raise ValueError(f"plan {str(self.plan)!r} has no frozen prefix")
+        embeddings, *layers, pooler = self.stack(task)
+        with torch.no_grad():
+            hidden = embeddings(batch.input_ids, batch.token_type_ids)  # (B, L, H)
+            for layer in layers[: self._frozen_prefix - 1]:
+                hidden = layer(hidden, batch.attention_mask)
+            if self.prefix_is_whole_encoder:
+                return PrefixOutput(pooler(hidden), None)  # (B, H)
+        return PrefixOutput(hidden, batch.attention_mask)
+
+    def encode(self, task: str, batch: Batch | None, prefix: PrefixOutput | None = None) -> torch.Tensor:  # (B, H)
+        """Pooled vectors of a batch; a given `prefix` (e.g. from the frozen-prefix cache) replaces
+        the frozen prefix's work, and then `batch` is not needed."""
+        embeddings, *layers, pooler = self.stack(task)
+        if self._frozen_prefix == 0:
+            hidden, mask = embeddings(batch.input_ids, batch.token_type_ids), batch.attention_mask
+        else:
+            prefix = prefix if prefix is not None else self.prefix_output(task, batch)
+            if self.prefix_is_whole_encoder:
+                return prefix.hidden
+            hidden, mask = prefix.hidden, prefix.attention_mask
+        for layer in layers[max(self._frozen_prefix - 1, 0):]:
+            hidden = layer(hidden, mask)
+        return pooler(hidden)
+
+    def forward(self, task: str, batch: Batch | None, batch_b: Batch | None = None,
+                prefix: PrefixOutput | None = None, prefix_b: PrefixOutput | None = None) -> torch.Tensor:
+        """Head outputs (B, num_labels) of `task`; `batch_b` (or `prefix_b`) holds second sentences
+        for siamese pairs."""
+        pooled = self.encode(task, batch, prefix)
+        second = batch_b is not None or prefix_b is not None
+        pooled_b = self.encode(task, batch_b, prefix_b) if second else None
         return self.heads[task](pooled, pooled_b)
 
     def loss(self, task: str, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -130,6 +182,7 @@ class MultitaskBert(nn.Module):
         return outputs.argmax(dim=-1)
 
     def parameters_of(self, task: str) -> list[nn.Parameter]:
-        """The parameters `task` reads: its copies of every piece and its head."""
+        """The parameters `task` reads: its copies of every piece (with the shared base of L and B
+        pieces) and its head."""
         params = [p for module in self.stack(task) for p in module.parameters()]
         return params + list(self.heads[task].parameters())

@@ -11,13 +11,19 @@ Choices for one piece
     S         shared: one copy, updated by every task
     I         individual: one copy per task
     [a+b|c]   groups: one copy per group; here tasks a and b share a copy and c keeps its own
+    L         LoRA: one frozen base shared by every task, plus one low-rank update per task on the
+              piece's linear layers (the embeddings have none: under L they are simply frozen)
+    B         BitFit: one frozen copy of the weight matrices shared by every task, plus one copy
+              per task of the biases and layer-norm weights, which train
+    L[a+b|c]  (or B[...]) one update per group instead of one per task
 
 Grammar
 -------
     plan      := layers ("," override)*
     layers    := token+                    bottom to top; each token covers one or more layers
     token     := choice count?
-    choice    := "F" | "S" | "I" | group   letters in either case
+    choice    := "F" | "S" | "I" | group | adapted     letters in either case
+    adapted   := ("L" | "B") group?        a group right after L or B gives one update per group
     group     := "[" members ("|" members)* "]"
     members   := task ("+" task)* | "*"    "*" = every task not named elsewhere in the token, each alone
     count     := digits                    right after its choice; at least 1; repeats the choice
@@ -38,12 +44,19 @@ Examples, for a 6-layer model and tasks sst, para, sts:
     F2S2[sst+para|*]2       the same: "*" puts every task not named (here sts) alone
     SSSSSS,emb=F            freeze the embeddings, share every layer
     F4I2,pooler=S           a shared pooler on top of individual layers
+    FFFLLL                  layers 3-5 (and the pooler): frozen base, one LoRA update per task
+    BBBBBB                  BitFit everywhere: per-task biases and layer norms on a frozen encoder
+    F3L[sst+para|sts]3      LoRA on layers 3-5 with one update for sst and para, one for sts
+
+An L or B layer directly followed by a group token needs a count between them (`L1[a+b|c]`),
+since `L[a+b|c]` is one grouped L layer; the printed form writes that count.
 
 Normal forms, so that equal meanings compare equal and print alike:
   * a group token with one group of all tasks is S, one with every task alone is I
     (`[sst|para|sts]` == `I`); only a real split keeps the display letter G;
   * groups are ordered by the plan's task order, inside and across groups;
-  * with a single task S and I both mean one copy; the letter given is kept for display.
+  * with a single task S and I both mean one copy; the letter given is kept for display;
+  * L or B with every task alone prints as the bare letter (`L[sst|para|sts]` == `L`).
 
 `str(plan)` prints the canonical form: one letter per layer, a run of equal group tokens once
 with its count, and an override only where it differs from the default, e.g.
@@ -59,7 +72,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-CHOICES = {"F": "frozen", "S": "shared", "I": "individual", "G": "groups"}
+CHOICES = {"F": "frozen", "S": "shared", "I": "individual", "G": "groups", "L": "LoRA", "B": "BitFit"}
+ADAPTED = ("L", "B")  # a frozen base shared by every task plus trainable per-copy updates
 TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")  # no '+', '|', '[', ']', ',', '=', '*', '.' or spaces
 OVERRIDE_KEYS = {"emb": "embeddings", "embeddings": "embeddings", "pooler": "pooler"}
 LAYER_INDEXING = "0-based, bottom to top"
@@ -74,12 +88,14 @@ class PieceAssignment:
     """How one piece is held: frozen or trainable, and which tasks share each copy.
 
     `groups` partitions the plan's tasks in the plan's order; each group gets one copy of the
-    piece. A frozen piece has a single group: untrained copies would all be identical.
+    piece. A frozen piece has a single group: untrained copies would all be identical. For L and
+    B (`adapted`) the base is one frozen copy for every task and each group gets one update;
+    such a piece is not `frozen`, since its updates train and need autograd.
     """
 
     frozen: bool
     groups: tuple[tuple[str, ...], ...]
-    letter: str  # 'F', 'S', 'I' or 'G', for display
+    letter: str  # 'F', 'S', 'I', 'G', 'L' or 'B', for display
 
     def __post_init__(self) -> None:
         if self.letter not in CHOICES:
@@ -95,6 +111,8 @@ class PieceAssignment:
             "S": one_group,
             "I": all_alone,
             "G": not one_group and not all_alone,
+            "L": True,
+            "B": True,
         }[self.letter]
         if not consistent:
             raise PlanError(
@@ -104,27 +122,40 @@ class PieceAssignment:
 
     @classmethod
     def of_letter(cls, letter: str, tasks: Sequence[str]) -> PieceAssignment:
-        """F, S or I (either case) for the given tasks."""
-        letter = letter.upper() if letter in ("F", "S", "I", "f", "s", "i") else letter
+        """F, S, I, L or B (either case) for the given tasks; L and B give one update per task."""
+        letter = letter.upper() if letter in ("F", "S", "I", "L", "B", "f", "s", "i", "l", "b") else letter
         if letter in ("F", "S"):
             return cls(letter == "F", (tuple(tasks),), letter)
-        if letter == "I":
+        if letter in ("I", *ADAPTED):
             return cls(False, tuple((task,) for task in tasks), letter)
         raise PlanError(
             f"choice {letter!r} is not a letter; use F (frozen), S (shared) or I (individual), "
-            "or PieceAssignment.of_groups for groups"
+            "L (LoRA) or B (BitFit), or PieceAssignment.of_groups for groups"
         )
 
     @classmethod
-    def of_groups(cls, groups: Iterable[Iterable[str]], tasks: Sequence[str]) -> PieceAssignment:
-        """Trainable copies shared inside `groups`, which must partition `tasks`; normalised."""
+    def of_groups(cls, groups: Iterable[Iterable[str]], tasks: Sequence[str],
+                  adapted: str | None = None) -> PieceAssignment:
+        """Trainable copies shared inside `groups`, which must partition `tasks`; normalised.
+        With `adapted` 'L' or 'B': one update per group on a frozen base shared by all."""
         groups = [list(group) for group in groups]
-        return _group_assignment(groups, tuple(tasks), f"groups {groups!r}")
+        return _group_assignment(groups, tuple(tasks), f"groups {groups!r}", adapted)
+
+    @property
+    def adapted(self) -> bool:
+        """L or B: a frozen base shared by every task plus one trainable update per group."""
+        return self.letter in ADAPTED
 
     @property
     def token(self) -> str:
-        """The piece's choice as written in a plan: a letter, or a group token like [a+b|c]."""
-        return self.letter if self.letter != "G" else "[" + "|".join(self.keys) + "]"
+        """The piece's choice as written in a plan: a letter, a group token like [a+b|c], or an
+        L or B with groups like L[a+b|c] (the bare letter when every task is alone)."""
+        groups = "[" + "|".join(self.keys) + "]"
+        if self.letter == "G":
+            return groups
+        if self.adapted and not all(len(group) == 1 for group in self.groups):
+            return self.letter + groups
+        return self.letter
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -162,7 +193,7 @@ class SharingPlan:
 
     @classmethod
     def uniform(cls, letter: str, tasks: Sequence[str], num_layers: int) -> SharingPlan:
-        """Every piece frozen, shared or individual: the baselines every sweep starts from."""
+        """Every piece frozen, shared, individual, LoRA or BitFit: the baselines a sweep starts from."""
         tasks = _check_tasks(tasks)
         _check_num_layers(num_layers)
         piece = PieceAssignment.of_letter(letter, tasks)
@@ -197,7 +228,8 @@ class SharingPlan:
         """How many pieces from the bottom are frozen without a break.
 
         The model runs these without autograd; a frozen piece above a trainable one still
-        needs gradients to flow through it, so it does not count.
+        needs gradients to flow through it, so it does not count. The prefix ends below the
+        first L or B piece: its base is frozen, but its updates train.
         """
         length = 0
         for _, assignment in self.pieces():
@@ -210,10 +242,13 @@ class SharingPlan:
         tokens, index = [], 0
         while index < self.num_layers:
             layer, run = self.layers[index], 1
-            if layer.letter == "G":
+            if layer.token.endswith("]"):  # group tokens print once with their count
                 while index + run < self.num_layers and self.layers[index + run] == layer:
                     run += 1
-            tokens.append(layer.token + (str(run) if run > 1 else ""))
+            token = layer.token + (str(run) if run > 1 else "")
+            if tokens and tokens[-1] in ADAPTED and token.startswith("["):
+                tokens[-1] += "1"  # a bare L or B before a group token: `L[..]` would be one grouped L
+            tokens.append(token)
             index += run
         text = "".join(tokens)
         if self.embeddings != self.layers[0]:
@@ -229,7 +264,10 @@ class SharingPlan:
         """A table of every piece, its choice and its groups, for the command line."""
         rows = [("piece", "choice", "copies", "groups")]
         for name, a in self.pieces():
-            rows.append((name, f"{a.letter} {CHOICES[a.letter]}", str(len(a.groups)), " | ".join(a.keys)))
+            copies = f"1 base + {len(a.groups)} update{'s' * (len(a.groups) > 1)}" if a.adapted else str(len(a.groups))
+            if a.letter == "L" and name == "embeddings":
+                copies = "1 (no update)"
+            rows.append((name, f"{a.letter} {CHOICES[a.letter]}", copies, " | ".join(a.keys)))
         widths = [max(len(row[column]) for row in rows) for column in range(3)]
         lines = [f"plan {str(self)!r}: {self.num_layers} layers, tasks {', '.join(self.tasks)}"]
         lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3] for row in rows]
@@ -288,6 +326,7 @@ class _Token:
     choice: str | list[list[str]]  # a letter, or group members as written
     count: int
     text: str  # the choice as written, for messages
+    members: list[list[str]] | None = None  # the groups of an L or B written with them, e.g. L[a+b|c]
 
 
 def _scan(source: str, place: Callable[[int, int], str]) -> list[_Token]:
@@ -301,25 +340,24 @@ def _scan(source: str, place: Callable[[int, int], str]) -> list[_Token]:
             return tokens
         start, char = i, source[i]
         where = place(covered, i)
-        if char in "FSIfsi":
+        members: list[list[str]] | None = None
+        if char in "FSILBfsilb":
             choice: str | list[list[str]] = char.upper()
             i += 1
+            while choice in ADAPTED and i < len(source) and source[i].isspace():
+                i += 1
+            if choice in ADAPTED and i < len(source) and source[i] == "[":  # L[a+b|c]: one update per group
+                members, i = _group_token(source, i, where)
         elif char == "[":
-            close, inner_open = source.find("]", i), source.find("[", i + 1)
-            if close < 0:
-                raise PlanError(f"{where}: '[' is never closed; end the group token with ']'")
-            if 0 <= inner_open < close:
-                raise PlanError(f"{where}: '[' opens a group inside a group; groups do not nest, write [a+b|c]")
-            choice = _members(source[i : close + 1], where)
-            i = close + 1
+            choice, i = _group_token(source, i, where)
         elif char == "]":
             raise PlanError(f"{where}: ']' closes no group; open the group token with '['")
         elif char.isdigit():
             raise PlanError(f"{where}: a count follows no choice; write it after a letter or group, e.g. F2")
         else:
             raise PlanError(
-                f"{where}: unknown letter {char!r}; use F (frozen), S (shared), I (individual) "
-                "or a group token like [a+b|c]"
+                f"{where}: unknown letter {char!r}; use F (frozen), S (shared), I (individual), "
+                "L (LoRA), B (BitFit) or a group token like [a+b|c]"
             )
         end = i
         digits = re.match(r"\d*", source[i:]).group()
@@ -329,8 +367,18 @@ def _scan(source: str, place: Callable[[int, int], str]) -> list[_Token]:
             raise PlanError(
                 f"{where}: count 0 in {source[start:i]!r}; a count repeats its choice and must be at least 1"
             )
-        tokens.append(_Token(choice, count, source[start:end]))
+        tokens.append(_Token(choice, count, source[start:end], members))
         covered += count
+
+
+def _group_token(source: str, i: int, where: str) -> tuple[list[list[str]], int]:
+    """The members of the group token opening at `source[i]`, and the index just past it."""
+    close, inner_open = source.find("]", i), source.find("[", i + 1)
+    if close < 0:
+        raise PlanError(f"{where}: '[' is never closed; end the group token with ']'")
+    if 0 <= inner_open < close:
+        raise PlanError(f"{where}: '[' opens a group inside a group; groups do not nest, write [a+b|c]")
+    return _members(source[i : close + 1], where), close + 1
 
 
 def _members(token: str, where: str) -> list[list[str]]:
@@ -346,9 +394,10 @@ def _members(token: str, where: str) -> list[list[str]]:
 
 
 def _choice_assignment(token: _Token, tasks: tuple[str, ...], place: str) -> PieceAssignment:
-    if isinstance(token.choice, str):
+    if isinstance(token.choice, str) and token.members is None:
         return PieceAssignment.of_letter(token.choice, tasks)
-    groups = token.choice
+    adapted = token.choice if isinstance(token.choice, str) else None
+    groups = token.members if adapted else token.choice
     where = f"{place}: group token {token.text!r}"
     stars = [group for group in groups if "*" in group]
     if stars:
@@ -357,11 +406,13 @@ def _choice_assignment(token: _Token, tasks: tuple[str, ...], place: str) -> Pie
         named = {name for group in groups for name in group}
         star = groups.index(["*"])
         groups = groups[:star] + [[task] for task in tasks if task not in named] + groups[star + 1 :]
-    return _group_assignment(groups, tasks, where)
+    return _group_assignment(groups, tasks, where, adapted)
 
 
-def _group_assignment(groups: list[list[str]], tasks: tuple[str, ...], where: str) -> PieceAssignment:
-    """Check that `groups` partition `tasks`, then normalise: one group is S, all alone is I."""
+def _group_assignment(groups: list[list[str]], tasks: tuple[str, ...], where: str,
+                      adapted: str | None = None) -> PieceAssignment:
+    """Check that `groups` partition `tasks`, then normalise: one group is S, all alone is I;
+    with `adapted` ('L' or 'B') the letter stays and only the groups are normalised."""
     seen: set[str] = set()
     for group in groups:
         for name in group:
@@ -377,6 +428,10 @@ def _group_assignment(groups: list[list[str]], tasks: tuple[str, ...], where: st
             "must be in exactly one group (add it, or write '*' for every task not named, each alone)"
         )
     canonical = _canonical(groups, tasks)
+    if adapted is not None:
+        if adapted not in ADAPTED:
+            raise PlanError(f"{where}: only L or B take groups of updates, not {adapted!r}")
+        return PieceAssignment(False, canonical, adapted)
     if len(canonical) == 1:
         return PieceAssignment(False, canonical, "S")
     if all(len(group) == 1 for group in canonical):

@@ -24,13 +24,14 @@ from kernels.backend import resolved_backends
 from minbert import AdamW, BertTokenizer
 
 from .accounting import account_model
-from .batching import BucketBatchSampler, Collator, LabeledBatch, token_lengths
+from .batching import BucketBatchSampler, Collator, token_lengths
 from .config import TrainConfig
 from .devices import rank_and_world, training_device
 from .encoders import build_encoder
 from .environment import device_name, versions
 from .model import HeadConfig, MultitaskBert
 from .precision import resolve_precision
+from .prefix_cache import FrozenPrefixCache, PrefixOutput, open_cache
 from .sampling import task_at_step
 from .schedule import lr_factor
 from .sharing import parse_plan
@@ -51,7 +52,13 @@ class TaskData:
     sampler: BucketBatchSampler  # length-bucketed training batches, reshuffled per epoch
     dev_batches: list[list[int]]  # dev indices sorted by length, cut into batches
     collate: Collator
+    tokens: int  # real tokens of the training and dev sets as encoded (both sentences of siamese pairs, at most)
     epoch_cache: tuple[int, list[list[int]]] | None = None  # (epoch, its batches)
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        """The encodings an example needs: "a" (a sentence or a joint pair), and "b" for siamese pairs."""
+        return ("a", "b") if self.collate.siamese else ("a",)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -83,9 +90,11 @@ class Trainer:
         self.data = [self._load(task) for task in tasks]
         torch.manual_seed(config.seed)  # head initialisation
         self.model = MultitaskBert(
-            pretrained, self.plan, tasks, HeadConfig(config.pair_encoding, config.head_dropout)
+            pretrained, self.plan, tasks, HeadConfig(config.pair_encoding, config.head_dropout),
+            config.lora(),
         ).to(self.device)
         del pretrained
+        self.cache, self.cache_plan = self._make_cache()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay, backend=config.backend)
         self.ddp = None
@@ -98,7 +107,8 @@ class Trainer:
         self.batches_per_epoch = sum(math.ceil(len(d.train) / config.batch_size) for d in self.data)
         self.total_steps = self._planned_steps()
         self.eval_every = config.eval_every or self.batches_per_epoch
-        self.state = {"step": 0, "train_seconds": 0.0, "examples": 0, "skipped_steps": 0, "curve": [], "best": None,
+        self.state = {"step": 0, "train_seconds": 0.0, "examples": 0, "skipped_steps": 0, "epoch_seconds": [],
+                      "curve": [], "best": None,
                       "positions": {d.task.name: [0, 0] for d in self.data}}  # task -> [epoch, batch index]
 
     # ---- data -------------------------------------------------------------------------------
@@ -115,7 +125,41 @@ class Trainer:
         dev_batches = BucketBatchSampler(dev_lengths, 2 * c.batch_size, shuffle=False).batches()
         collate = Collator(self.tokenizer, c.max_length, siamese, regression=task.kind == "regression",
                            pad_multiple=self.pad_multiple)
-        return TaskData(task, train, dev, BucketBatchSampler(lengths, c.batch_size, seed=c.seed), dev_batches, collate)
+        tokens = (sum(lengths) + sum(dev_lengths)) * (2 if siamese else 1)  # siamese: the longer side, twice
+        return TaskData(task, train, dev, BucketBatchSampler(lengths, c.batch_size, seed=c.seed), dev_batches, collate,
+                        tokens)
+
+    def _make_cache(self) -> tuple[FrozenPrefixCache | None, dict]:
+        examples = sum((len(d.train) + len(d.dev)) * len(d.sides) for d in self.data)
+        return open_cache(self.model.frozen_prefix, self.model.prefix_is_whole_encoder, self.config.cache_frozen,
+                          sum(d.tokens for d in self.data), examples, self.model.config.hidden_size,
+                          self.precision.dtype, self.device, self.pad_multiple)
+
+    def _inputs(self, data: TaskData, split: str, indices: list[int]) -> tuple[dict, torch.Tensor]:
+        """Model inputs and labels of a batch. With the cache: stored prefix outputs when every example
+        has them (no tokenizing, no prefix), else the prefix runs on the batch and its outputs are stored."""
+        examples = [(data.train if split == "train" else data.dev)[i] for i in indices]
+        task = data.task.name
+        if self.cache is not None:
+            stored = [self.cache.lookup(task, split, side, indices) for side in data.sides]
+            if all(states is not None for states in stored):
+                prefixes = [self.cache.assemble(states, self.device) for states in stored]
+                inputs = {"batch": None, "batch_b": None, **self._prefix_inputs(prefixes)}
+                return inputs, data.collate.labels(examples).to(self.device)
+        batch = data.collate(examples).to(self.device)
+        inputs = {"batch": batch.inputs, "batch_b": batch.inputs_b, "prefix": None, "prefix_b": None}
+        if self.cache is not None:
+            with self.cache.filling(), self.precision.autocast():
+                prefixes = []
+                for side, encoded in zip(data.sides, (batch.inputs, batch.inputs_b)):
+                    prefixes.append(self.model.prefix_output(task, encoded))
+                    self.cache.store(task, split, side, indices, prefixes[-1].hidden, prefixes[-1].attention_mask)
+            inputs.update(self._prefix_inputs(prefixes))
+        return inputs, batch.labels
+
+    @staticmethod
+    def _prefix_inputs(prefixes: list[PrefixOutput]) -> dict:
+        return {"prefix": prefixes[0], "prefix_b": prefixes[1] if len(prefixes) > 1 else None}
 
     def _planned_steps(self) -> int | None:
         candidates = []
@@ -125,8 +169,8 @@ class Trainer:
             candidates.append(max(1, round(self.config.epochs * self.batches_per_epoch)))
         return min(candidates) if candidates else None
 
-    def _next_batch(self, data: TaskData) -> list:
-        """The next training batch of a task, walking its bucketed epochs in order."""
+    def _next_batch(self, data: TaskData) -> list[int]:
+        """The indices of a task's next training batch, walking its bucketed epochs in order."""
         position = self.state["positions"][data.task.name]
         while True:
             epoch, index = position
@@ -136,7 +180,7 @@ class Trainer:
             batches = data.epoch_cache[1]
             if index < len(batches):
                 position[1] += 1
-                return [data.train[i] for i in batches[index]]
+                return batches[index]
             position[0], position[1] = epoch + 1, 0
 
     # ---- checkpoints --------------------------------------------------------------------------
@@ -177,19 +221,15 @@ class Trainer:
         for data in self.data:
             predictions, labels = [], []
             for indices in tqdm(data.dev_batches, desc=f"eval {data.task.name}", leave=False, disable=not self._bars()):
-                batch = data.collate([data.dev[i] for i in indices])
+                inputs, batch_labels = self._inputs(data, "dev", indices)
                 with self.precision.autocast():
-                    outputs = self._forward(data.task.name, batch.to(self.device), self.model)
+                    outputs = self.model(data.task.name, **inputs)
                 predictions.append(self.model.predict(data.task.name, outputs).cpu())
-                labels.append(batch.labels)
+                labels.append(batch_labels.cpu())
             metrics[data.task.metric_key] = score(data.task, torch.cat(predictions), torch.cat(labels))
         metrics["overall"] = overall_score({k: v for k, v in metrics.items()})
         self.model.train()
         return metrics
-
-    @staticmethod
-    def _forward(task: str, batch: LabeledBatch, module: torch.nn.Module) -> torch.Tensor:
-        return module(task, batch.inputs, batch.inputs_b)
 
     def _bars(self) -> bool:
         return self.config.progress and self.rank == 0
@@ -210,16 +250,16 @@ class Trainer:
         return min(1.0, max(fractions)) if fractions else 0.0
 
     def _train_step(self, data: TaskData) -> float:
-        examples = self._next_batch(data)
+        indices = self._next_batch(data)
         if self.world > 1:  # every rank takes its slice of the same global batch
-            local = examples[self.rank :: self.world]
-            weight = len(local) * self.world / len(examples)  # so averaged gradients equal the global mean
+            local = indices[self.rank :: self.world]
+            weight = len(local) * self.world / len(indices)  # so averaged gradients equal the global mean
         else:
-            local, weight = examples, 1.0
-        batch = data.collate(local).to(self.device)
+            local, weight = indices, 1.0
+        inputs, labels = self._inputs(data, "train", local)
         with self.precision.autocast():
-            outputs = self._forward(data.task.name, batch, self.ddp or self.model)
-            loss = self.model.loss(data.task.name, outputs, batch.labels)
+            outputs = (self.ddp or self.model)(data.task.name, **inputs)
+            loss = self.model.loss(data.task.name, outputs, labels)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the {data.task.name} loss is {loss.item()} at step {self.state['step'] + 1}; "
@@ -236,7 +276,7 @@ class Trainer:
         self.scaler.update()
         if self.scaler.is_enabled() and self.scaler.get_scale() < scale:  # the scale only falls after an overflow
             self.state["skipped_steps"] += 1
-        self.state["examples"] += len(examples)
+        self.state["examples"] += len(indices)
         return loss.item()
 
     def train(self, fresh: bool = False) -> dict:
@@ -256,6 +296,8 @@ class Trainer:
                 loss = self._train_step(self.data[index])
                 self.state["step"] += 1
                 self.state["train_seconds"] += time.perf_counter() - started
+                if self.state["step"] % self.batches_per_epoch == 0:  # an epoch ended: its own seconds
+                    self.state["epoch_seconds"].append(round(self.state["train_seconds"] - sum(self.state["epoch_seconds"]), 3))
                 bar.update(1)
                 bar.set_postfix(task=self.data[index].task.name, loss=f"{loss:.3f}")
                 if self.state["step"] % self.eval_every == 0 and self._budget_left():
@@ -277,7 +319,8 @@ class Trainer:
             s["best"] = {"step": s["step"], "metrics": metrics}
             if self.rank == 0:
                 _atomic_save({"model": self.model.state_dict(), "plan": str(self.plan), "tasks": self.config.tasks,
-                              "metrics": metrics, "step": s["step"]}, self.out_dir / BEST_FILE)
+                              "metrics": metrics, "step": s["step"], "config": self.config.identity()},
+                             self.out_dir / BEST_FILE)
         if self.rank == 0 and self._bars():
             shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
             tqdm.write(f"step {s['step']}: {shown}")
@@ -303,6 +346,7 @@ class Trainer:
             "precision": self.precision.name,  # what `config.precision` resolved to on this device
             "pad_multiple": self.pad_multiple,
             "kernels": resolved_backends(self.config.backend, self.device),  # op -> the backend it ran
+            "prefix_cache": {**self.cache_plan, **(self.cache.stats() if self.cache is not None else {})},
             "metrics": final,
             "best": s["best"],
             "accounting": account_model(self.model),
@@ -314,6 +358,7 @@ class Trainer:
                 "seconds_per_epoch": round(s["train_seconds"] / epochs_done, 3) if epochs_done else None,
                 "examples_per_second": round(s["examples"] / s["train_seconds"], 2) if s["train_seconds"] else None,
                 "skipped_steps": s["skipped_steps"],  # fp16 steps dropped for overflowing gradients
+                "epoch_seconds": s["epoch_seconds"],  # each whole epoch's (the first fills the prefix cache)
             },
             "curve": s["curve"],
             "resumed": resumed,

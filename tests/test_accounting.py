@@ -8,6 +8,7 @@ import torch
 
 from minbert import AdamW, Batch, BertConfig, BertModel
 from multitask.accounting import account, account_model
+from multitask.lora import LoRAConfig
 from multitask.model import HeadConfig, MultitaskBert
 from multitask.sharing import parse_plan
 from multitask.tasks import Task
@@ -119,6 +120,60 @@ def test_per_task_figures_leave_out_frozen_pieces_from_the_trainable_count():
     for task in LABELS:
         trainable = 2 * LAYER + POOLER + head(task)  # layer.1, layer.2, the pooler and the head
         assert per_task[task] == expected(unique=ENCODER + head(task), trainable=trainable), task
+
+
+# LoRA and BitFit: the frozen base counts once, each task's update on its own.
+R = 4  # LoRA rank used below
+LORA_LAYER = 4 * R * (H + H) + R * (H + I) + R * (I + H)  # q, k, v, attention output; up; down
+LORA_POOLER = R * (H + H)
+BITFIT_LAYER = 3 * H + H + 2 * H + I + H + 2 * H  # q, k, v, output biases, LayerNorm, up and down biases, LayerNorm
+BITFIT_EMBEDDINGS = 2 * H  # the LayerNorm's scale and shift
+BITFIT_POOLER = H
+
+
+def build_adapted(plan: str) -> MultitaskBert:
+    torch.manual_seed(0)
+    encoder = BertModel(CONFIG, backend="torch")
+    return MultitaskBert(encoder, parse_plan(plan, tuple(LABELS), L), TASKS, lora=LoRAConfig(rank=R))
+
+
+def test_all_lora_counts_one_base_and_one_update_per_task():
+    # embeddings: frozen, no update; every layer and the pooler: 3 updates
+    updates = 3 * (L * LORA_LAYER + LORA_POOLER)
+    assert overall(account_model(build_adapted("LLL"))) == expected(ENCODER + updates + HEADS, updates + HEADS)
+
+
+def test_all_bitfit_counts_the_matrices_once_and_the_biases_per_task():
+    own = BITFIT_EMBEDDINGS + L * BITFIT_LAYER + BITFIT_POOLER  # one task's biases and norms
+    unique = ENCODER - own + 3 * own + HEADS  # the matrices once, the biases three times
+    assert overall(account_model(build_adapted("BBB"))) == expected(unique, 3 * own + HEADS)
+
+
+def test_a_plan_mixing_lora_bitfit_shared_and_groups_counts_by_hand():
+    # embeddings B (3 norms), layer.0 L in groups a+b | c (2 updates), layer.1 B (3 bias sets),
+    # layer.2 S (one trainable copy), pooler L (3 updates)
+    plan = "L[a+b|c]BS,emb=B,pooler=L"
+    unique = ENCODER + 2 * BITFIT_EMBEDDINGS + 2 * LORA_LAYER + 2 * BITFIT_LAYER + 3 * LORA_POOLER + HEADS
+    trainable = 3 * BITFIT_EMBEDDINGS + 2 * LORA_LAYER + 3 * BITFIT_LAYER + LAYER + 3 * LORA_POOLER + HEADS
+    figures = account_model(build_adapted(plan))
+    assert overall(figures) == expected(unique, trainable)
+    for task in LABELS:  # each task: one copy of every base, its own update of each piece, its head
+        own = BITFIT_EMBEDDINGS + LORA_LAYER + BITFIT_LAYER + LAYER + LORA_POOLER + head(task)
+        assert figures["per_task"][task] == expected(ENCODER + LORA_LAYER + LORA_POOLER + head(task), own), task
+
+
+def test_optimizer_bytes_follow_the_trainable_updates_only():
+    model = build_adapted("LB[a+b|c]S,pooler=B")
+    optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    batch = Batch(torch.randint(1, V, (2, 5)), torch.ones(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long))
+    labels = {"a": torch.tensor([0, 4]), "b": torch.tensor([1, 0]), "c": torch.tensor([0.5, 3.0])}
+    for task in LABELS:
+        optimizer.zero_grad(set_to_none=True)
+        model.loss(task, model(task, batch), labels[task]).backward()
+        optimizer.step()
+    held = sum(value.numel() * value.element_size() for state in optimizer.state.values()
+               for value in state.values() if isinstance(value, torch.Tensor))
+    assert account_model(model)["optimizer_bytes"] == held
 
 
 def test_siamese_heads_read_four_times_the_width_for_pair_tasks():

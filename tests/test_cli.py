@@ -65,6 +65,18 @@ def test_plan_prints_each_piece_and_what_the_plan_costs(capsys):
     assert total == pytest.approx(weights + grads + adam, abs=0.15)
 
 
+def test_plan_sizes_the_frozen_prefix_cache(capsys):
+    assert mops("plan", "FFFSSS", "--examples", "1000", "--mean-length", "20") == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("frozen-prefix cache")]
+    fp32, bf16 = 1000 * 20 * 384 * 4 / MiB, 1000 * 20 * 384 * 2 / MiB  # a vector of 384 per real token
+    assert line == (f"frozen-prefix cache for 1,000 examples of 20 tokens on average (384 values per real token): "
+                    f"{fp32:,.1f} MiB in fp32, {bf16:,.1f} MiB under bf16 (off: --no-cache-frozen)")
+    assert mops("plan", "FFFFFF", "--examples", "1000") == 0  # the whole encoder frozen: pooled vectors
+    assert f"(one pooled vector per example): {1000 * 384 * 4 / MiB:,.1f} MiB in fp32" in capsys.readouterr().out
+    assert mops("plan", "SSSSSS") == 0
+    assert "\nfrozen-prefix cache: none (the plan has no frozen prefix)\n" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("plan", "says"),
     [

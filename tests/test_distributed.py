@@ -3,6 +3,7 @@ the same global batches: each rank takes half of every batch and DDP averages th
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,24 +22,30 @@ pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_ava
               requires_embedded_checkpoint]  # the child processes build their encoder from it
 
 # Dropout off, so both runs compute the same function; a grouped plan leaves some copies and
-# heads idle at every step, which is the case DDP must be told about.
-ARGS = ["train", "--checkpoint", "random", "--hidden-size", "32", "--num-layers", "2", "--plan", "S[sst+para|sts]",
-        "--data", "demo", "--steps", "6", "--eval-every", "6", "--batch-size", "8", "--max-length", "32",
-        "--max-eval-examples", "16", "--dropout", "0", "--head-dropout", "0", "--lr", "1e-3",
-        "--sampling", "round_robin", "--backend", "torch", "--quiet"]
+# heads idle at every step, which is the case DDP must be told about. With a frozen layer at the
+# bottom, each rank caches the prefix outputs of the examples it sees: 16 training examples per
+# task make 12 steps two epochs, so the second replays from the cache.
+COMMON = ["train", "--checkpoint", "random", "--hidden-size", "32", "--num-layers", "2", "--data", "demo",
+          "--steps", "12", "--eval-every", "6", "--batch-size", "8", "--max-length", "32", "--max-train-examples", "16",
+          "--max-eval-examples", "16", "--dropout", "0", "--head-dropout", "0", "--lr", "1e-3",
+          "--sampling", "round_robin", "--backend", "torch", "--quiet"]
+PLANS = ["S[sst+para|sts]", "F[sst+para|sts]", "BL[sst+para|sts]"]
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "last.pt", weights_only=False)["model"]
 
 
-def test_two_processes_match_one(tmp_path):
-    single = subprocess.run([sys.executable, "-m", "mops", *ARGS, "--out", str(tmp_path / "one")],
+# "BL[sst+para|sts]": BitFit below, LoRA with one update for sst+para and one for sts above.
+@pytest.mark.parametrize("plan", PLANS, ids=["shared-and-groups", "frozen-prefix-cached", "bitfit-and-lora"])
+def test_two_processes_match_one(tmp_path, plan):
+    args = [*COMMON, "--plan", plan]
+    single = subprocess.run([sys.executable, "-m", "mops", *args, "--out", str(tmp_path / "one")],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
     double = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "mops", *ARGS, "--out", str(tmp_path / "two")],
+         "-m", "mops", *args, "--out", str(tmp_path / "two")],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert double.returncode == 0, double.stderr[-3000:]
@@ -47,11 +54,17 @@ def test_two_processes_match_one(tmp_path):
     for name in one:
         # Float sums run in another order across ranks; nothing else may differ.
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
-    record_two = (tmp_path / "two" / "results.json").read_text()
-    assert '"world_size": 2' in record_two
+    record_two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert record_two["config"]["world_size"] == 2
+    if plan.startswith("F"):
+        assert record_two["prefix_cache"]["enabled"] and record_two["prefix_cache"]["hits"] > 0
     # The runs really trained: weights moved away from their initial values.
-    initial = Trainer(TrainConfig(tasks=["sst", "para", "sts"], plan="S[sst+para|sts]", checkpoint="random",
-                                  hidden_size=32, num_layers=2, data="demo", max_length=32, progress=False,
-                                  out_dir=str(tmp_path / "init"), backend="torch")).model.state_dict()
-    moved = sum(not torch.equal(initial[name], one[name]) for name in one)
-    assert moved > len(one) // 2
+    model = Trainer(TrainConfig(tasks=["sst", "para", "sts"], plan=plan, checkpoint="random",
+                                hidden_size=32, num_layers=2, data="demo", max_length=32, progress=False,
+                                out_dir=str(tmp_path / "init"), backend="torch")).model
+    initial = model.state_dict()
+    updated = {name for name, p in model.named_parameters() if p.requires_grad}  # not F pieces, not L/B bases
+    trainable = [name for name in one if not name.startswith("pieces.embeddings") and name in updated]
+    assert trainable
+    moved = sum(not torch.equal(initial[name], one[name]) for name in trainable)
+    assert moved > len(trainable) // 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from collations import record_collations
 from kernels.launches import record_launches
 from multitask.config import TrainConfig
 from multitask.trainer import Trainer
@@ -28,17 +29,11 @@ def test_a_demo_epoch_launches_few_specializations(tmp_path):
                          max_eval_examples=32, backend="triton", pad_multiple=16, out_dir=str(tmp_path),
                          progress=False)
     trainer = Trainer(config)
-    lengths = Counter()
-    collate = [data.collate for data in trainer.data]
-    for data, original in zip(trainer.data, collate):
-        def counting(examples, original=original):
-            batch = original(examples)
-            lengths[batch.inputs.input_ids.shape[1]] += 1
-            return batch
-        data.collate = counting
+    collated = record_collations(trainer)
 
     with record_launches() as log:
         record = trainer.train()
+    lengths = Counter(batch.inputs.input_ids.shape[1] for batch in collated)
 
     assert record["timing"]["steps"] == trainer.batches_per_epoch and record["kernels"]["attention"] == "triton"
     assert len(lengths) >= 2 and all(length % 16 == 0 for length in lengths)  # several padded lengths were seen

@@ -322,7 +322,10 @@ def test_a_step_on_one_task_reaches_its_group_only():
 # --- the wrapper adds nothing -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("plan", ["SSSS", "IIII", "FFSS", "SSFF", "FFFF", "[a+b|c]4"])
+# An untrained L piece adds B @ A with B = 0, an untrained B piece starts from the base's biases:
+# both compute exactly what the pretrained encoder computes.
+@pytest.mark.parametrize("plan", ["SSSS", "IIII", "FFSS", "SSFF", "FFFF", "[a+b|c]4", "LLLL", "BBBB", "FLBS",
+                                  "L[a+b|c]B[a|b+c]2S,emb=B,pooler=L"])
 def test_output_equals_the_pretrained_encoder_and_the_head(plan):
     encoder = pretrained().eval()
     model = build(plan, encoder=copy.deepcopy(encoder)).eval()

@@ -10,7 +10,9 @@ import pytest
 from matplotlib.image import imread
 
 from bench.records import append_record, run_id
-from bench.report import benchmark_table, build_table, human_count, pareto_front, plot_curves, plot_pareto, report
+from bench.report import (
+    benchmark_table, build_table, human_count, pareto_front, plot_curves, plot_pareto, report, seconds_per_epoch,
+)
 
 MiB = 2**20
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"
@@ -102,6 +104,23 @@ def test_one_row_per_config_with_seeds_pooled(sweep):
     assert ff["pred MiB"] == "345.0"
     assert ff["source"] == "nvml-process"
     assert ff["status"] == "ok"
+
+
+def test_the_predicted_peak_stands_beside_the_measured_one_with_their_ratio(sweep):
+    record = run("FFFSSS", peak_mib=1200, overall=0.6)
+    record["prediction"] = {"peak_bytes": 1000 * MiB}
+    row = by_label(rows_of(build_table([record], fmt="tsv")))["FFFSSS w384"]
+    assert (row["pred MiB"], row["peak MiB"], row["peak/pred"]) == ("1000.0", "1200.0", "1.20")
+    older = by_label(rows_of(build_table(sweep, fmt="tsv")))["FFFFFF w384"]  # no prediction: the accounting total
+    assert (older["pred MiB"], older["peak/pred"]) == ("345.0", f"{1050 / 345:.2f}")
+
+
+def test_seconds_per_epoch_leave_out_the_cache_filling_first_epoch():
+    timing = {"seconds_per_epoch": 40.0, "epoch_seconds": [60.0, 30.0, 30.0]}
+    assert seconds_per_epoch({"timing": timing}) == 30.0
+    assert seconds_per_epoch({"timing": {"seconds_per_epoch": 40.0, "epoch_seconds": [40.0]}}) == 40.0  # one epoch
+    assert seconds_per_epoch({"timing": {"seconds_per_epoch": 12.5}}) == 12.5  # records from before epoch_seconds
+    assert seconds_per_epoch({"status": "failed"}) is None
 
 
 def test_a_single_run_shows_plain_values(sweep):

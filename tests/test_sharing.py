@@ -117,6 +117,32 @@ def test_an_override_equal_to_the_default_changes_nothing():
 # --- one task ---------------------------------------------------------------------------------
 
 
+def test_lora_and_bitfit_letters_give_one_update_per_task():
+    p = plan("ffllbb")
+    assert letters(p) == "FFFLLBBB"
+    for name in ("layer.2", "layer.3", "layer.4", "layer.5", "pooler"):
+        a = p.assignment(name)
+        assert a.adapted and not a.frozen  # the updates train, though the base is frozen
+        assert a.groups == (("sst",), ("para",), ("sts",))
+    assert not p.assignment("layer.0").adapted
+
+
+def test_a_group_token_right_after_l_or_b_gives_one_update_per_group():
+    p = plan("F2 L [sst+para|sts]4")  # spaces between the letter and its groups are allowed
+    assert letters(p) == "FFFLLLLL"
+    assert p.assignment("layer.2").groups == (("sst", "para"), ("sts",))
+    assert p.group_of("layer.5", "para") == p.group_of("pooler", "sst") == "sst+para"
+    # without the letter, a group token is a grouped copy (G), not an update
+    assert plan("F2L1[sst+para|sts]3").assignment("layer.3").letter == "G"
+    assert plan("F2L1[sst+para|sts]3").assignment("layer.2").groups == (("sst",), ("para",), ("sts",))
+
+
+def test_l_and_b_are_not_the_same_choice_as_s_or_i():
+    assert plan("LLLLLL") != plan("IIIIII") and plan("BBBBBB") != plan("IIIIII")
+    assert plan("L[sst+para+sts]6") != plan("SSSSSS")
+    assert plan("L[sst+para+sts]6").layers[0].letter == "L"
+
+
 def test_with_one_task_shared_and_individual_both_mean_one_copy():
     shared, individual = plan("SSSSSS", ("sst",)), plan("IIIIII", ("sst",))
     assert [a.groups for _, a in shared.pieces()] == [a.groups for _, a in individual.pieces()]
@@ -128,14 +154,14 @@ def test_with_one_task_shared_and_individual_both_mean_one_copy():
 # --- SharingPlan.uniform ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("letter", ["F", "S", "I", "s"])
+@pytest.mark.parametrize("letter", ["F", "S", "I", "s", "L", "b"])
 def test_uniform_gives_every_piece_the_same_choice(letter):
     assert SharingPlan.uniform(letter, TASKS, 4) == parse_plan(letter.upper() * 4, TASKS, 4)
 
 
 @pytest.mark.parametrize("letter", ["G", "X", "FS"])
-def test_uniform_accepts_only_f_s_or_i(letter):
-    with pytest.raises(PlanError, match="F \\(frozen\\), S \\(shared\\) or I \\(individual\\)"):
+def test_uniform_accepts_only_f_s_i_l_or_b(letter):
+    with pytest.raises(PlanError, match="F \\(frozen\\), S \\(shared\\) or I \\(individual\\), L \\(LoRA\\) or B"):
         SharingPlan.uniform(letter, TASKS, 4)
 
 
@@ -156,6 +182,14 @@ def test_uniform_accepts_only_f_s_or_i(letter):
         ("SSSSSS,pooler=I,emb=F", "SSSSSS,emb=F,pooler=I"),
         ("F4I2,pooler=[sts|*]", "FFFFII"),
         ("I6,pooler=[sts|para+sst]", "IIIIII,pooler=[sst+para|sts]"),
+        ("F3L3", "FFFLLL"),
+        ("b6", "BBBBBB"),
+        ("F3L[sts|para+sst]3", "FFFL[sst+para|sts]3"),
+        ("L[sst|para|sts]6", "LLLLLL"),  # every task alone: the bare letter
+        ("L[*]2B[sst+para+sts]4", "LLB[sst+para+sts]4"),  # one update shared by every task
+        ("L1[sst+para|sts]S4", "L1[sst+para|sts]SSSS"),  # a bare L before a group token keeps its count
+        ("SSSSSS,emb=B,pooler=L", "SSSSSS,emb=B,pooler=L"),
+        ("L6,pooler=L[sts|para+sst]", "LLLLLL,pooler=L[sst+para|sts]"),
     ],
 )
 def test_str_prints_the_canonical_form_and_parses_back(text, canonical):
@@ -182,6 +216,15 @@ def test_describe_lists_every_piece_with_its_choice_and_groups():
     assert len(lines) == 12
 
 
+def test_describe_shows_the_base_and_updates_of_l_and_b_pieces():
+    rows = plan("FFLL[sst+para|sts]BB,emb=L").describe().splitlines()
+    assert rows[2].split() == ["embeddings", "L", "LoRA", "1", "(no", "update)", "sst", "|", "para", "|", "sts"]
+    assert rows[5].split() == ["layer.2", "L", "LoRA", "1", "base", "+", "3", "updates", "sst", "|", "para", "|", "sts"]
+    assert rows[6].split() == ["layer.3", "L", "LoRA", "1", "base", "+", "2", "updates", "sst+para", "|", "sts"]
+    assert rows[8].split()[:5] == ["layer.5", "B", "BitFit", "1", "base"]
+    assert rows[-2] == "frozen prefix: none"
+
+
 def test_describe_names_the_frozen_prefix():
     assert plan("FFSSII").describe().splitlines()[-1] == (
         "frozen prefix: embeddings to layer.1 (3 pieces, run without autograd)"
@@ -205,6 +248,11 @@ def test_describe_names_the_frozen_prefix():
         ("SFFSSS,emb=F", 1),  # layers 1-2 are frozen but above trainable layer 0
         ("FFFFFF,pooler=S", 7),
         ("FFFFFF", 8),  # everything, pooler included
+        ("FFLLSS", 3),  # the prefix ends below the first L piece
+        ("FFFBBB", 4),
+        ("FFFFFF,pooler=L", 7),
+        ("LLLLLL", 0),  # L embeddings have no update, but they are an L piece
+        ("FFFFFF,emb=B", 0),
     ],
 )
 def test_frozen_prefix_counts_frozen_pieces_from_the_bottom_up_to_the_first_trainable_one(text, length):
@@ -285,6 +333,17 @@ LAYER = "(0-based, bottom to top)"
         ("FFSSII,emb=X", ["override 'emb=X'", "unknown letter 'X'"]),
         ("FFSSII,pooler=[sst|qa]", ["override 'pooler=[sst|qa]'", "unknown task 'qa'"]),
         ("FFSSII,emb=F,embeddings=S", ["two overrides for the embeddings"]),
+        # L and B
+        ("FFLLSX", [f"layer 5 {LAYER}", "unknown letter 'X'", "L (LoRA), B (BitFit)"]),
+        ("FFL[sst+foo|sts]3", [f"layers 2-4 {LAYER}", "group token 'L[sst+foo|sts]'", "unknown task 'foo'"]),
+        ("FFB[sst|para]4", [f"layers 2-5 {LAYER}", "group token 'B[sst|para]'", "leaves out task 'sts'"]),
+        ("FFL[sst|sst+para|sts]4", [f"layers 2-5 {LAYER}", "task 'sst' appears twice"]),
+        ("FFL[sst+para|sts4", [f"layer 2 {LAYER}", "'[' is never closed"]),
+        ("FFL0S4", [f"layer 2 {LAYER}", "count 0 in 'L0'"]),
+        ("FFL[]4", [f"layer 2 {LAYER}", "empty group token '[]'"]),
+        ("FFSSII,emb=L2", ["override 'emb=L2'", "exactly one choice without a count"]),
+        ("FFSSII,pooler=B[sst|qa]", ["override 'pooler=B[sst|qa]'", "unknown task 'qa'"]),
+        ("L[sst+para|sts]5", ["covers 5 layers but the model has 6"]),
     ],
 )
 def test_bad_plans_fail_with_a_message_saying_what_and_where(text, fragments):
@@ -343,9 +402,11 @@ def random_partition(rng: random.Random, tasks: tuple[str, ...]) -> list[list[st
 
 
 def random_assignment(rng: random.Random, tasks: tuple[str, ...]) -> PieceAssignment:
-    kind = rng.choice("FSIG")
+    kind = rng.choice("FSIGLB")
     if kind == "G":
         return PieceAssignment.of_groups(random_partition(rng, tasks), tasks)
+    if kind in "LB" and rng.random() < 0.5:
+        return PieceAssignment.of_groups(random_partition(rng, tasks), tasks, adapted=kind)
     return PieceAssignment.of_letter(kind, tasks)
 
 
@@ -361,9 +422,19 @@ def random_plan(rng: random.Random) -> SharingPlan:
 
 def write_loosely(rng: random.Random, assignment: PieceAssignment, tasks: tuple[str, ...]) -> str:
     """One of the many ways to write `assignment`: any case, any group order, '*', spaces."""
+    alone = all(len(group) == 1 for group in assignment.groups)
+    if assignment.adapted:
+        letter = rng.choice([assignment.letter, assignment.letter.lower()])
+        if alone and rng.random() < 0.5:
+            return letter
+        return letter + rng.choice(["", " "]) + write_groups_loosely(rng, assignment)
     if assignment.letter == "F" or len(tasks) == 1 or rng.random() < 0.5:
         if assignment.letter != "G":
             return rng.choice([assignment.letter, assignment.letter.lower()])
+    return write_groups_loosely(rng, assignment)
+
+
+def write_groups_loosely(rng: random.Random, assignment: PieceAssignment) -> str:
     groups = [list(group) for group in assignment.groups]
     for group in groups:
         rng.shuffle(group)
@@ -381,7 +452,10 @@ def write_plan_loosely(rng: random.Random, p: SharingPlan) -> str:
             run += 1
         take = rng.randint(1, run)
         count = str(take) if take > 1 or rng.random() < 0.2 else ""
-        tokens.append(write_loosely(rng, p.layers[index], p.tasks) + count)
+        token = write_loosely(rng, p.layers[index], p.tasks) + count
+        if tokens and tokens[-1][-1] in "LBlb" and token.startswith("["):
+            tokens[-1] += "1"  # else the group token would be read as the L's or B's groups
+        tokens.append(token)
         index += take
     overrides = []
     if p.embeddings != p.layers[0] or rng.random() < 0.3:

@@ -46,8 +46,11 @@ def test_run_writes_record_with_metrics_curve_and_accounting(tmp_path):
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
-def test_frozen_pieces_are_bit_identical_after_training(tmp_path):
-    trainer = Trainer(tiny(tmp_path, plan="FS"))
+# "LB": the embeddings and layer.0 under LoRA, layer.1 and the pooler under BitFit: their shared
+# base is frozen like an F piece, and only the per-task updates train.
+@pytest.mark.parametrize("plan", ["FS", "LB", "B[sst+para|sts]L"])
+def test_frozen_pieces_are_bit_identical_after_training(tmp_path, plan):
+    trainer = Trainer(tiny(tmp_path, plan=plan))
     frozen = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if not p.requires_grad}
     trained = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
     assert frozen and trained
@@ -85,10 +88,11 @@ def test_nan_loss_names_task_and_step(tmp_path, monkeypatch):
         trainer.train()
 
 
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
+@pytest.mark.parametrize("plan", ["FS", "L[sst+para|sts]B"])
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, plan):
     # The first run's budget is 3 steps, the resumed one's 6: a linear schedule would differ in
     # shape between them, a constant rate does not (the killed-run test covers the default schedule).
-    constant = dict(schedule="constant")
+    constant = dict(schedule="constant", plan=plan, lora_rank=2, lora_dropout=0.1)
     straight = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "straight"), steps=6, **constant))
     straight.train()
     first = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "split"), steps=3, **constant))
@@ -99,12 +103,16 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), name
     assert [p["step"] for p in record["curve"]] == [3, 6]
+    if plan != "FS":  # the updates trained: the state resumed was not the untrained one
+        assert any(name.endswith("lora_B") and torch.count_nonzero(t) for name, t in second.model.state_dict().items())
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     Trainer(tiny(tmp_path, steps=3)).train()
     with pytest.raises(TrainingError, match="different settings.*lr"):
         Trainer(tiny(tmp_path, steps=6, lr=5e-4)).train()
+    with pytest.raises(TrainingError, match="different settings.*lora_rank"):
+        Trainer(tiny(tmp_path, steps=6, lora_rank=4)).train()
     record = Trainer(tiny(tmp_path, steps=3, lr=5e-4)).train(fresh=True)
     assert record["resumed"] is False
 

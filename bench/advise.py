@@ -1,0 +1,156 @@
+"""Which plan to train for a memory budget: predict every candidate, keep what fits, probe the best.
+
+1. Enumerate the plans of the model's depth whose letters rise from bottom to top in the order
+   F, L, B, S, I (freeze the bottom, adapt or share the middle, keep the top per task: the family
+   every plan of the demo sweep but its grouped one belongs to), over the letters the grammar
+   knows and the prediction is calibrated for (F, S, I so far; L and B once probed).
+2. Predict each one's peak (bench.prediction) and keep those within the budget.
+3. Of those, keep the ones no other beats in both predicted peak (lower) and trainable
+   parameters (higher), and pick K spread over that front.
+4. Probe them by successive halving: short training runs through the sweep machinery (one
+   process each, appended to a results file, so an interrupted advice resumes), the better half
+   by dev score kept at each round with the budget doubled, until one is left.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tabulate import tabulate
+
+from minbert import BertModel
+from multitask.precision import Precision
+from multitask.sharing import CHOICES, parse_plan
+from multitask.tasks import Task
+
+from .prediction import CALIBRATED_LETTERS, Prediction, predict_for
+from .records import read_records
+from .sweep import SweepConfig, config_id, grid, run_sweep
+
+ORDER = ("F", "L", "B", "S", "I")  # bottom to top: what each layer may be, never lower than the one below
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+class AdviceError(ValueError):
+    """A budget that cannot be read or met; the message says which plan would come closest."""
+
+
+def parse_budget(text: str) -> int:
+    """Bytes from '4GiB', '4096MiB', '4GB', '4.5 GiB' or plain bytes ('4294967296')."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise AdviceError(f"cannot read the budget {text!r}: write it like 4GiB, 4096MiB, 4GB or 4294967296 (bytes)")
+    number, unit = match.groups()
+    return int(float(number) * UNITS[(unit or "").lower()])
+
+
+def candidate_plans(num_layers: int, letters: Sequence[str] | None = None) -> list[str]:
+    """Every plan whose layer letters never fall in ORDER from bottom to top, over `letters`
+    (default: those the grammar knows and the prediction is calibrated for)."""
+    known = [letter for letter in CHOICES if letter in CALIBRATED_LETTERS]
+    usable = [letter for letter in ORDER if letter in (letters or known)]
+    return ["".join(combo) for combo in itertools.combinations_with_replacement(usable, num_layers)]
+
+
+@dataclass
+class Candidate:
+    plan: str
+    prediction: Prediction
+    trainable: int  # elements of trainable parameters: the plan's capacity to adapt
+
+
+def predict_candidates(pretrained: BertModel, tasks: list[Task], batch_size: int, length: int, precision: Precision,
+                       pair_encoding: str = "joint", plans: Sequence[str] | None = None) -> list[Candidate]:
+    names = [t.name for t in tasks]
+    depth = pretrained.config.num_hidden_layers
+    out = []
+    for text in plans or candidate_plans(depth):
+        prediction = predict_for(pretrained, parse_plan(text, names, depth), tasks, batch_size, length, precision,
+                                 pair_encoding)
+        out.append(Candidate(text, prediction, prediction.grads_bytes // 4))
+    return out
+
+
+def front(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates no other has both a lower-or-equal predicted peak and more trainable parameters
+    (or as many at a lower peak), lowest peak first."""
+    ordered = sorted(candidates, key=lambda c: (c.prediction.peak_bytes, -c.trainable))
+    kept, best_trainable = [], -1
+    for candidate in ordered:
+        if candidate.trainable > best_trainable:
+            kept.append(candidate)
+            best_trainable = candidate.trainable
+    return kept
+
+
+def spread(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
+    """K candidates spread evenly over a front ordered by peak, its two ends included."""
+    if len(candidates) <= k:
+        return list(candidates)
+    picks = sorted({round(i * (len(candidates) - 1) / (k - 1)) for i in range(k)}) if k > 1 else [len(candidates) - 1]
+    return [candidates[i] for i in picks]
+
+
+def shortlist(candidates: Sequence[Candidate], budget: int, k: int) -> list[Candidate]:
+    """The K plans to probe: within the budget, on the (peak, capacity) front, spread along it."""
+    fitting = [c for c in candidates if c.prediction.peak_bytes <= budget]
+    if not fitting:
+        cheapest = min(candidates, key=lambda c: c.prediction.peak_bytes)
+        raise AdviceError(
+            f"no plan fits {budget / 2**20:,.0f} MiB: the cheapest, {cheapest.plan}, is predicted to peak at "
+            f"{cheapest.prediction.peak_bytes / 2**20:,.0f} MiB (a smaller --batch-size or --max-length lowers it)"
+        )
+    return spread(front(fitting), k)
+
+
+def successive_halving(plans: Sequence[str], tasks: Sequence[str], checkpoint: str, train: dict, probe_steps: int,
+                       results: str, run: Callable[[SweepConfig], Path] | None = None) -> list[dict[str, dict]]:
+    """Rounds of short runs: each round trains the remaining plans for `probe_steps * 2**round` steps
+    (through the sweep machinery, so runs already in `results` are not run again), keeps the better
+    half by dev overall score, and stops when one plan is left. Returns each round's records by plan
+    (a run that failed scores lowest)."""
+    run = run or (lambda sweep: run_sweep(sweep, progress=False))
+    remaining, rounds = list(plans), []
+    while True:
+        steps = probe_steps * 2 ** len(rounds)
+        sweep = SweepConfig(checkpoints=[checkpoint], plans=remaining, task_sets=[list(tasks)],
+                            train={**train, "steps": steps, "eval_every": steps}, results=results)
+        path = run(sweep)
+        ids = {config_id(config): config.plan for config in grid(sweep)}
+        records = {ids[r["run_id"]]: r for r in read_records([path]) if r.get("run_id") in ids}
+        rounds.append({plan: records.get(plan, {"status": "missing"}) for plan in remaining})
+        if len(remaining) <= 1:
+            return rounds
+        ranked = sorted(remaining, key=lambda plan: overall(rounds[-1][plan]), reverse=True)
+        remaining = ranked[: max(1, len(ranked) // 2)]
+        if len(remaining) == 1:
+            return rounds
+
+
+def overall(record: dict) -> float:
+    """A run's dev overall score; minus infinity for a run that did not finish."""
+    return record["metrics"]["overall"] if record.get("status") == "ok" else float("-inf")
+
+
+def ranking(rounds: list[dict[str, dict]], predicted: dict[str, int], probe_steps: int) -> tuple[list[str], str]:
+    """Plans best first (those that lasted more rounds first, then by their last round's score) and
+    the table: predicted and measured peak, the steps of their last round, their dev metrics."""
+    last = {plan: (index, record) for index, scores in enumerate(rounds) for plan, record in scores.items()}
+    ranked = sorted(last, key=lambda plan: (-last[plan][0], -overall(last[plan][1])))
+    metric_names = next((list(r["metrics"]) for _, r in last.values() if r.get("status") == "ok"), [])
+    rows = []
+    for plan in ranked:
+        index, record = last[plan]
+        memory = record.get("memory") or {}
+        scores = [f"{record['metrics'][m]:.3f}" for m in metric_names] if record.get("status") == "ok" else \
+            [record.get("status", "?")] * len(metric_names)
+        rows.append([plan, f"{predicted[plan] / 2**20:,.0f}",
+                     f"{memory['peak_bytes'] / 2**20:,.0f}" if memory.get("peak_bytes") else "-",
+                     probe_steps * 2**index, *scores])
+    return ranked, tabulate(rows, headers=["plan", "pred MiB", "peak MiB", "steps", *metric_names], tablefmt="github",
+                            disable_numparse=True)

@@ -1,0 +1,133 @@
+"""bench.prediction: a plan's activations from a per-piece calibration equal the saved-tensor
+bytes of a real training step, and the estimated peak adds up; on a GPU it is checked against
+the allocator's peak."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench.prediction import (
+    Fit, PROBES, measure_step_activations, piece_roles, predict, saved_tensor_bytes,
+)
+from minbert import BertModel, BertTokenizer
+from mops.cli import main
+from multitask.batching import Collator
+from multitask.model import HeadConfig, MultitaskBert
+from multitask.precision import Precision
+from multitask.sharing import parse_plan
+from multitask.tasks import make_tasks
+
+TASKS = ["sst", "para", "sts"]
+DEMO_PLANS = ["FFFFFF", "FFFSSS", "F2S2I2", "F2S2[sst+para|sts]2", "SSSSSS", "IIIIII"]
+FP32 = Precision("fp32", "cpu")
+
+
+def test_the_fit_recovers_a_quadratic_in_length_and_a_fixed_part():
+    truth = Fit(per_token=300.0, per_token_pair=7.0, fixed=1234.0)
+    fitted = Fit.from_probes({(b, l): truth.bytes(b, l) for b, l in PROBES})
+    assert fitted.bytes(32, 128) == truth.bytes(32, 128)
+    assert fitted.bytes(8, 512) == truth.bytes(8, 512)
+
+
+def test_saved_bytes_count_each_storage_once_and_no_parameter():
+    weight = torch.nn.Parameter(torch.randn(100))
+    x = torch.randn(100, requires_grad=True)
+    with saved_tensor_bytes(exclude=[weight]) as saved:
+        y = (x * weight).sum() + x.sin().sum() + x[10:].cos().sum()  # x saved three times, once as a view
+    y.backward()
+    assert saved[0] == 100 * 4
+
+
+def test_roles_follow_the_frozen_prefix():
+    roles = dict(piece_roles(parse_plan("FFSSII", TASKS, 6)))
+    assert [roles[p] for p in ("embeddings", "layer.0", "layer.1", "layer.2", "layer.3", "pooler")] == [
+        None, None, None, "first", "trainable", "trainable"]
+    roles = dict(piece_roles(parse_plan("SF", TASKS, 2)))  # frozen above a trainable layer: gradients pass
+    assert roles == {"embeddings": "first", "layer.0": "trainable", "layer.1": "through", "pooler": "through"}
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return BertModel.from_pretrained(backend="torch"), BertTokenizer.from_pretrained(), make_tasks(TASKS, "demo")
+
+
+@pytest.mark.parametrize("pair_encoding", ["joint", "siamese"])
+@pytest.mark.parametrize("plan_text", DEMO_PLANS)
+def test_predicted_activations_are_a_real_steps_within_5_percent(minilm, plan_text, pair_encoding):
+    pretrained, tokenizer, tasks = minilm
+    model = MultitaskBert(pretrained, parse_plan(plan_text, TASKS, 6), tasks, HeadConfig(pair_encoding))
+    for task in tasks:
+        siamese = task.pair and pair_encoding == "siamese"
+        collate = Collator(tokenizer, 48, siamese, regression=task.kind == "regression")
+        batch = collate(task.loader("train")[:16])
+        inputs = {"batch": batch.inputs, "batch_b": batch.inputs_b, "prefix": None, "prefix_b": None}
+        measured = measure_step_activations(model, task.name, inputs, batch.labels, FP32)
+        length_b = batch.inputs_b.input_ids.shape[1] if siamese else None
+        predicted = predict(model, 16, batch.inputs.input_ids.shape[1], FP32, "torch", pair_encoding,
+                            length_b=length_b).activation_bytes_per_task[task.name]
+        assert predicted == pytest.approx(measured, rel=0.05), (task.name, predicted, measured)
+
+
+def test_bf16_activations_are_predicted_under_the_same_autocast(minilm):
+    pretrained, tokenizer, tasks = minilm
+    bf16 = Precision("bf16", "cpu")
+    model = MultitaskBert(pretrained, parse_plan("FFSSII", TASKS, 6), tasks)
+    batch = Collator(tokenizer, 48)(tasks[0].loader("train")[:16])
+    inputs = {"batch": batch.inputs, "batch_b": None, "prefix": None, "prefix_b": None}
+    measured = measure_step_activations(model, "sst", inputs, batch.labels, bf16)
+    predicted = predict(model, 16, batch.inputs.input_ids.shape[1], bf16, "torch")
+    assert predicted.activation_bytes_per_task["sst"] == pytest.approx(measured, rel=0.05)
+
+
+def test_the_peak_adds_weights_gradients_adamw_activations_and_the_largest_transient(minilm):
+    pretrained, _, tasks = minilm
+    model = MultitaskBert(pretrained, parse_plan("FFSSII", TASKS, 6), tasks)
+    p = predict(model, 32, 128, FP32)
+    trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
+    assert (p.grads_bytes, p.optimizer_bytes) == (4 * trainable, 8 * trainable)
+    assert p.activation_bytes == max(p.activation_bytes_per_task.values())
+    assert p.activation_bytes_per_piece["layer.0"] == 0 < p.activation_bytes_per_piece["layer.2"]  # prefix: nothing kept
+    assert p.transient_bytes == max(p.activation_bytes_per_piece.values())
+    assert p.peak_bytes == p.weights_bytes + p.grads_bytes + p.optimizer_bytes + p.activation_bytes + p.transient_bytes
+    longer = predict(model, 32, 256, FP32)
+    assert longer.activation_bytes > 2 * p.activation_bytes * 0.99  # at least linear in the length
+
+
+def test_plan_json_prints_the_prediction(capsys):
+    with pytest.raises(SystemExit) as ended:
+        main(["plan", "FFFSSS", "--batch-size", "8", "--length", "64", "--json"])
+    assert ended.value.code == 0
+    printed = json.loads(capsys.readouterr().out)
+    for key in ("weights_bytes", "grads_bytes", "optimizer_bytes", "activation_bytes", "peak_bytes"):
+        assert isinstance(printed[key], int) and printed[key] > 0, key
+    assert (printed["plan"], printed["batch_size"], printed["length"], printed["precision"]) == ("FFFSSS", 8, 64, "fp32")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the allocator's peak is a GPU figure")
+@pytest.mark.parametrize("plan_text", ["FFFFFF", "FFFSSS", "SSSSSS"])
+def test_gpu_estimated_peak_is_within_10_percent_of_the_allocators(minilm, plan_text):
+    pretrained, tokenizer, tasks = minilm
+    device, bf16 = torch.device("cuda"), Precision("bf16", "cuda")
+    model = MultitaskBert(pretrained, parse_plan(plan_text, TASKS, 6), tasks).to(device)
+    batch = Collator(tokenizer, 128, pad_multiple=128)(tasks[0].loader("train")[:32]).to(device)  # 32 x 128
+    inputs = {"batch": batch.inputs, "batch_b": None, "prefix": None, "prefix_b": None}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with bf16.autocast():
+            loss = model.loss("sst", model("sst", **inputs), batch.labels)
+        loss.backward()
+        optimizer.step()
+
+    step()  # AdamW state exists from here on, as in any step after the first
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated()
+    predicted = predict(model, 32, 128, bf16, "auto").peak_bytes
+    assert predicted == pytest.approx(measured, rel=0.10), (predicted, measured)
