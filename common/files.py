@@ -30,6 +30,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) ->
     if mode == "w":
         open_kwargs.setdefault("encoding", "utf-8")
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a result file gets what open() would give it
     try:
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
@@ -37,6 +38,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) ->
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def atomic_write(path: str | os.PathLike, payload: str | bytes) -> Path:

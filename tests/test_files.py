@@ -33,6 +33,12 @@ def test_a_failure_before_the_first_write_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_written_file_gets_the_mode_a_plain_open_would_give(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert (atomic_write(tmp_path / "atomic.txt", "x").stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+
+
 def test_only_whole_file_modes_are_accepted(tmp_path):
     with pytest.raises(ValueError, match="mode must be 'w' or 'wb', got 'a'"):
         with atomic_open(tmp_path / "x", "a"):
