@@ -3,8 +3,13 @@
 * Without a GPU, Triton kernels run through Triton's CPU interpreter; the variable must be
   set before any kernel is defined, so it is set here, before the tests import `kernels`.
 * `pytest --benchmark` runs the benchmark suite under bench/suite instead of the tests.
+* Under pytest-xdist the workers share the cores: each gets cores / workers threads (torch's
+  and, through OMP_NUM_THREADS, its child processes'), not a thread per core each.
+* With MOPS_FAILURE_LOG set, each failure's traceback is appended to that file (one JSON line)
+  the moment it happens, so a run stopped at a deadline still tells why its failures failed.
 """
 
+import json
 import os
 import time
 
@@ -16,6 +21,19 @@ if not torch.cuda.is_available():
 
 BENCH_SUITE = os.path.join(os.path.dirname(__file__), "bench", "suite")
 RESULTS = os.path.join(os.path.dirname(__file__), "bench", "results")
+FAILURE_LOG_ENV = "MOPS_FAILURE_LOG"  # bench.gpu_check sets it for its test run
+_failure_log = None  # the file, in the process that reports (the xdist controller, or the only one)
+
+
+def share_the_cores(workers, cpu_count, environ):
+    """Threads for one of `workers` test processes, also set as OMP_NUM_THREADS in `environ` for
+    its children; None where there is nothing to share or OMP_NUM_THREADS was chosen already.
+    Eight workers of a thread per core each ran the CPU tests eight times oversubscribed."""
+    if workers <= 1 or "OMP_NUM_THREADS" in environ:
+        return None
+    threads = max(1, (cpu_count or 1) // workers)
+    environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
 
 
 def pytest_addoption(parser):
@@ -31,6 +49,13 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     """With --benchmark: collect the benchmark suite instead of tests/ (unless paths are given),
     and save the run as JSON under bench/results/, named after the device."""
+    global _failure_log
+    if not hasattr(config, "workerinput"):  # xdist workers forward their reports to the controller
+        _failure_log = os.environ.get(FAILURE_LOG_ENV) or None
+    else:
+        threads = share_the_cores(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), os.cpu_count(), os.environ)
+        if threads:
+            torch.set_num_threads(threads)
     if not config.getoption("--benchmark"):
         return
     default_args = {os.path.abspath(p) for p in config.getini("testpaths")} | {os.path.abspath(str(config.rootpath))}
@@ -57,3 +82,10 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     """Keep recorded results small: summary statistics, not every raw timing."""
     for bench in output_json.get("benchmarks", []):
         bench.get("stats", {}).pop("data", None)
+
+
+def pytest_runtest_logreport(report):
+    if _failure_log and report.failed:
+        entry = {"node": report.nodeid, "when": report.when, "text": report.longreprtext}
+        with open(_failure_log, "a") as log:
+            log.write(json.dumps(entry) + "\n")

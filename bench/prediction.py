@@ -21,10 +21,17 @@ Pieces of the frozen prefix (below the first trainable one) run without autograd
 nothing; their forward is a transient, as is each piece's backward.
 
 A step trains one task, so the activations are the largest task's stack (a siamese pair task
-runs its stack twice). The estimated peak is weights + gradients + AdamW state + activations +
-the largest transient, estimated as the largest single piece's saved bytes (its backward builds
-gradients of about that size while they are still held, and a prefix layer's forward holds about
-as much before it is freed).
+runs its stack twice). Two moments of the step can hold the most:
+
+    backward:   weights + gradients + AdamW state + activations + the largest transient
+    optimizer:  weights + gradients + AdamW state + the PyTorch AdamW's sqrt(v) + eps buffers
+
+The largest transient is estimated as the largest single piece's saved bytes (its backward
+builds gradients of about that size while they are still held, and a prefix layer's forward
+holds about as much before it is freed). The PyTorch AdamW (foreach) builds one fp32 tensor per
+trainable tensor for its denominators; the Triton kernel builds none. On a GPU the peak adds
+what the CUDA math libraries keep from PyTorch's allocator once a step has run (cuBLAS
+workspaces, one per thread and stream: the forward's and autograd's), measured, not assumed.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import torch.nn.functional as F
 
 from minbert import BertConfig, BertModel
 from minbert.model import BertEmbeddings, BertLayer, BertPooler
+from kernels.backend import resolve_for_device
 from multitask.accounting import account
 from multitask.model import HeadConfig, MultitaskBert, TaskHead
 from multitask.precision import Precision
@@ -185,8 +193,10 @@ class Prediction:
     activation_bytes_per_task: dict[str, int]
     activation_bytes_per_piece: dict[str, int]  # of the largest task's stack (one encoding)
     transient_bytes: int
+    optimizer_transient_bytes: int  # the PyTorch AdamW's denominators; 0 for the Triton kernel
+    library_bytes: int  # cuBLAS workspaces on a GPU; 0 on the CPU
     cache_bytes: int | None  # frozen-prefix cache for `cache_examples`, if the trainer would keep one
-    peak_bytes: int  # weights + gradients + AdamW state + activations + the largest transient
+    peak_bytes: int  # weights + gradients + AdamW state + the larger of the two moments + libraries
     batch_size: int
     length: int
     precision: str
@@ -253,13 +263,46 @@ def predict(model: MultitaskBert, batch_size: int, length: int, precision: Preci
     transient = max([*per_piece.values(), layer_forward if prefix_layers else 0])
     counted = account(model.parameters())
     activations = max(per_task.values())
+    optimizer_transient = adamw_step_buffer_bytes(counted.grad_bytes, backend, torch.device(device))
+    library = library_workspace_bytes(torch.device(device), precision)
     cache = None
     if cache_examples is not None and model.frozen_prefix:
         vectors = cache_examples if model.prefix_is_whole_encoder else cache_examples * length
         cache = vectors * config.hidden_size * precision.dtype.itemsize
-    peak = counted.weight_bytes + counted.grad_bytes + counted.optimizer_bytes + activations + transient
+    held = counted.weight_bytes + counted.grad_bytes + counted.optimizer_bytes
+    peak = held + max(activations + transient, optimizer_transient) + library
     return Prediction(counted.weight_bytes, counted.grad_bytes, counted.optimizer_bytes, activations, per_task,
-                      per_piece, transient, cache, peak, batch_size, length, precision.name, backend)
+                      per_piece, transient, optimizer_transient, library, cache, peak, batch_size, length,
+                      precision.name, backend)
+
+
+def adamw_step_buffer_bytes(grad_bytes: int, backend: str, device: torch.device) -> int:
+    """What an AdamW step builds while the gradients are held: the PyTorch (foreach) step makes
+    sqrt(v) + eps for every trainable tensor, fp32 like the gradients; the Triton kernel, nothing."""
+    fused = backend == "triton" or (backend == "auto" and resolve_for_device("auto", device, "adamw") == "triton")
+    return 0 if fused else grad_bytes
+
+
+@functools.lru_cache(maxsize=8)
+def library_workspace_bytes(device: torch.device, precision: Precision) -> int:
+    """What the CUDA math libraries keep from PyTorch's allocator once a training step has run (0 on
+    the CPU). cuBLAS keeps one workspace per thread and stream (32 MiB each on Hopper, less on older
+    GPUs, set by CUBLAS_WORKSPACE_CONFIG): a small linear layer runs forward and backward on a
+    stream of its own, so both threads make new workspaces there, and what stays allocated is theirs."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    stream = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        layer = torch.nn.Linear(64, 64, device=device)
+        x = torch.randn(8, 64, device=device, requires_grad=True)
+        with precision.autocast():
+            y = layer(x)
+        y.float().sum().backward()
+        del layer, x, y
+    torch.cuda.synchronize(device)
+    return max(0, torch.cuda.memory_allocated(device) - before)
 
 
 def predict_for(pretrained: BertModel, plan: SharingPlan, tasks: list[Task], batch_size: int, length: int,

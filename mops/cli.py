@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tabulate import tabulate
 
 from bench.advise import parse_budget, predict_candidates, ranking, shortlist, successive_halving
 from bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
-from bench.gpu_check import CheckConfig, default_folder, run_check
+from bench.gpu_check import RUNNING_ENV, CheckConfig, default_folder, run_check
 from bench.kernel_table import device_rows, update_table
 from bench.memory import MemorySampler
 from bench.prediction import UncalibratedPlan, predict
@@ -46,8 +47,8 @@ from .options import add_config_options, comma_list, config_settings, flag_of
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    init_distributed_from_env()
     config = TrainConfig(**config_settings(args))
+    init_distributed_from_env(config.device)
     try:
         record = Trainer(config, memory_sampler=MemorySampler).train(fresh=args.fresh)
     finally:
@@ -93,9 +94,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"{config.backend} kernels), calibrated on {precision.device_type}:")
     print(f"activations kept for the backward: {mib(prediction.activation_bytes)} (largest task: {largest}); "
           f"per piece: {pieces}")
-    print(f"largest transient: {mib(prediction.transient_bytes)}")
-    print(f"estimated peak: {mib(prediction.peak_bytes)} (weights + gradients + AdamW state + activations + "
-          f"the largest transient)")
+    print(f"largest transient: {mib(prediction.transient_bytes)}; AdamW's step buffers: "
+          f"{mib(prediction.optimizer_transient_bytes)}; math-library workspaces: {mib(prediction.library_bytes)}")
+    print(f"estimated peak: {mib(prediction.peak_bytes)} (weights + gradients + AdamW state + the larger of "
+          f"activations + the largest transient and AdamW's step buffers + workspaces)")
     return 0
 
 
@@ -237,6 +239,9 @@ def _flag_and_value(name: str, value) -> list[str]:
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         raise RuntimeError("gpu-check needs a CUDA GPU, and this machine has none; the CPU suite is `make test`")
+    if os.environ.get(RUNNING_ENV):
+        raise RuntimeError(f"gpu-check is already running ({RUNNING_ENV} is set): a check inside a check "
+                           "would compete with it for the GPU and its deadline")
     return run_check(CheckConfig(out=Path(args.out) if args.out else default_folder(), data=args.data,
                                  checkpoint=args.checkpoint))
 

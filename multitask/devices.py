@@ -19,11 +19,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def init_distributed_from_env() -> bool:
-    """Join the process group that `torchrun` describes in the environment (WORLD_SIZE > 1):
-    NCCL on GPUs, gloo on CPUs. Returns whether this process is one of several."""
+def process_group_backend(device_name: str) -> str:
+    """NCCL when the run trains on GPUs, gloo when it trains on CPUs (also on a machine that has
+    GPUs: `--device cpu` there must not reach for NCCL, which cannot reduce CPU tensors)."""
+    return "nccl" if resolve_device(device_name).type == "cuda" else "gloo"
+
+
+def init_distributed_from_env(device_name: str = "auto") -> bool:
+    """Join the process group that `torchrun` describes in the environment (WORLD_SIZE > 1), with
+    the backend for the device the run trains on. Returns whether this process is one of several."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(process_group_backend(device_name))
     return dist.is_available() and dist.is_initialized()
 
 

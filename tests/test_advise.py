@@ -44,8 +44,8 @@ def test_plans_rise_from_frozen_to_individual():
 
 
 def candidate(plan: str, peak_mib: float, trainable: int) -> Candidate:
-    prediction = Prediction(0, 4 * trainable, 8 * trainable, 0, {}, {}, 0, None, int(peak_mib * MiB), 16, 48,
-                            "fp32", "torch")
+    prediction = Prediction(0, 4 * trainable, 8 * trainable, 0, {}, {}, 0, 4 * trainable, 0, None, int(peak_mib * MiB),
+                            16, 48, "fp32", "torch")
     return Candidate(plan, prediction, trainable)
 
 

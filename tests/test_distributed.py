@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_ava
 COMMON = ["train", "--checkpoint", "random", "--hidden-size", "32", "--num-layers", "2", "--data", "demo",
           "--steps", "12", "--eval-every", "6", "--batch-size", "8", "--max-length", "32", "--max-train-examples", "16",
           "--max-eval-examples", "16", "--dropout", "0", "--head-dropout", "0", "--lr", "1e-3",
-          "--sampling", "round_robin", "--backend", "torch", "--quiet"]
+          "--sampling", "round_robin", "--backend", "torch", "--device", "cpu", "--quiet"]
 PLANS = ["S[sst+para|sts]", "F[sst+para|sts]", "BL[sst+para|sts]"]
 
 
@@ -61,10 +61,11 @@ def test_two_processes_match_one(tmp_path, plan):
     # The runs really trained: weights moved away from their initial values.
     model = Trainer(TrainConfig(tasks=["sst", "para", "sts"], plan=plan, checkpoint="random",
                                 hidden_size=32, num_layers=2, data="demo", max_length=32, progress=False,
-                                out_dir=str(tmp_path / "init"), backend="torch")).model
+                                out_dir=str(tmp_path / "init"), backend="torch", device="cpu")).model
     initial = model.state_dict()
     updated = {name for name, p in model.named_parameters() if p.requires_grad}  # not F pieces, not L/B bases
     trainable = [name for name in one if not name.startswith("pieces.embeddings") and name in updated]
     assert trainable
     moved = sum(not torch.equal(initial[name], one[name]) for name in trainable)
     assert moved > len(trainable) // 2
+

@@ -36,7 +36,7 @@ def run(tmp_path_factory) -> tuple[Path, Trainer]:
     out = tmp_path_factory.mktemp("export") / "run"
     config = TrainConfig(tasks=["sst", "para", "sts"], plan=PLAN, checkpoint="random", hidden_size=32, num_layers=3,
                          data="demo", steps=6, eval_every=3, batch_size=8, max_length=32, max_train_examples=16,
-                         max_eval_examples=16, lr=1e-2, lora_rank=4, lora_alpha=8.0, backend="torch",
+                         max_eval_examples=16, lr=1e-2, lora_rank=4, lora_alpha=8.0, backend="torch", device="cpu",
                          out_dir=str(out), progress=False)
     trainer = Trainer(config)
     trainer.train()

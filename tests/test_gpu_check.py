@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import gpu_check
 from bench.gpu_check import CheckConfig, Step, parse_test_log, run_check
@@ -18,6 +20,7 @@ from mops.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 H100_BENCH = Path(__file__).parent / "fixtures" / "h100-2026-11-26-bench.json"
+FAILING_CASES = Path(__file__).parent / "fixtures" / "failing_cases.py"  # not collected by the suite
 
 XDIST_LOG = """\
 ============================= test session starts ==============================
@@ -85,7 +88,8 @@ def test_the_commands(tmp_path):
 
 
 def _fake_record(backend: str, examples_per_second: float) -> dict:
-    return {"config": {"backend": backend}, "kernels": {"attention": "torch", "adamw": "triton"}, "precision": "bf16",
+    adamw = "torch" if backend == "train-torch" else "triton"  # the first H100 table: Triton's AdamW under auto
+    return {"config": {"backend": backend}, "kernels": {"attention": "torch", "adamw": adamw}, "precision": "bf16",
             "metrics": {"overall": 0.61}, "timing": {"steps": 900, "train_seconds": 60.0, "skipped_steps": 0,
                                                       "examples_per_second": examples_per_second}}
 
@@ -127,6 +131,16 @@ def test_a_whole_check_runs_speed_first_within_the_deadline_and_writes_the_summa
     assert "| train-step-gpu-bert-base-32x128 | triton | 100.41 | 0.55x |" in text
     assert "| train-default | attention torch, adamw triton | bf16 | 900 | 1260.0 | 0 | 0.610 |" in text
     assert "Defaults against `--backend torch`: **1.05x** the examples per second." in text
+    assert "same kernels" not in text  # the defaults ran Triton's AdamW here
+
+
+def test_runs_on_the_same_kernels_are_said_to_differ_by_variation_only():
+    run = {"backend": "auto", "kernels": {"attention": "torch", "adamw": "torch"}, "precision": "bf16", "steps": 10,
+           "train_seconds": 30.0, "examples_per_second": 98.0, "skipped_steps": 0, "metrics": {"overall": 0.5}}
+    training = {"train-default": run, "train-torch": dict(run, backend="torch", examples_per_second=100.0)}
+    text = gpu_check.summary({"device": "GPU"}, [], None, [], [], training, ([], {}))
+    assert "**0.98x** the examples per second" in text
+    assert "Both runs ran the same kernels at the same precision" in text
 
 
 def test_a_missing_required_module_runs_nothing_and_says_so(tmp_path, capsys):
@@ -138,12 +152,44 @@ def test_a_missing_required_module_runs_nothing_and_says_so(tmp_path, capsys):
     assert "**missing required module `triton`**" in text and "| benchmarks | 0 | not run |" in text
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the command runs a whole check")
 def test_the_command_on_a_cpu_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as ended:
         main(["gpu-check"])
     assert ended.value.code == 2
     assert capsys.readouterr().err == ("mops: error: gpu-check needs a CUDA GPU, and this machine has none; "
                                        "the CPU suite is `make test`\n")
+
+
+def test_a_check_started_inside_a_check_is_refused(monkeypatch, capsys):
+    """A test of the check's own command, run by the check's test step on a GPU, must not start a
+    second check that competes for the GPU and the deadline."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("mops.cli.run_check", lambda config: pytest.fail("a nested check was started"))
+    monkeypatch.setenv(gpu_check.RUNNING_ENV, "1")
+    with pytest.raises(SystemExit) as ended:
+        main(["gpu-check"])
+    assert ended.value.code == 2
+    assert "gpu-check is already running (MOPS_GPU_CHECK_RUNNING is set)" in capsys.readouterr().err
+    assert gpu_check.child_environment(CheckConfig(out=Path("out")), embedded_available=True)[gpu_check.RUNNING_ENV] == "1"
+
+
+def test_failures_are_logged_as_they_happen_and_named_with_their_error(tmp_path):
+    """The root conftest appends each failure to MOPS_FAILURE_LOG at once; the summary names each
+    failed test with its error line and failures.md holds the tracebacks."""
+    log = tmp_path / "failures.jsonl"
+    env = dict(gpu_check.child_environment(CheckConfig(out=tmp_path), embedded_available=True))
+    assert env[gpu_check.FAILURE_LOG_ENV] == str(log)
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(FAILING_CASES)], cwd=REPO,
+                   env=env, capture_output=True, text=True, timeout=120)
+    failures = gpu_check.read_failures(log)
+    node = "tests/fixtures/failing_cases.py::test_that_fails"
+    assert list(failures) == [node]
+    assert gpu_check.error_line(failures[node]) == "AssertionError: the reason, logged at once"
+    tests = parse_test_log(f"[gw0] [100%] FAILED {node}\n")
+    text = gpu_check.summary({"device": "GPU"}, [], tests, [], [], {}, ([], {}), failures)
+    assert f"- FAILED {node}: AssertionError: the reason, logged at once" in text
+    assert "def test_that_fails" in gpu_check.failures_markdown(failures)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

@@ -26,6 +26,10 @@ from kernels import reference
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: CUDA autocast policies differ from the CPU's")
+# CPU autocast around Triton kernels means CPU tensors, which only the interpreter runs.
+needs_interpreter = pytest.mark.skipif(not kernels.backend.interpreter_enabled(),
+                                       reason="CPU autocast around Triton kernels needs TRITON_INTERPRET=1 (a CPU-only machine)")
+DEVICE = "cuda" if CUDA else "cpu"  # where the Triton kernels run in this session
 if not CUDA and not kernels.backend.interpreter_enabled():
     pytest.skip("no GPU and TRITON_INTERPRET is not set: the Triton kernels cannot run", allow_module_level=True)
 
@@ -119,6 +123,7 @@ def _resolve(dtype, amp):
     return amp if dtype == "amp" else dtype
 
 
+@needs_interpreter
 @AUTOCAST_DTYPES
 @pytest.mark.parametrize("x_dtype,res_dtype", LN_CASES, ids=LN_IDS)
 def test_layer_norm_under_cpu_autocast(x_dtype, res_dtype, amp):
@@ -157,6 +162,7 @@ GELU_CASES = [("amp", F32), (F32, F32), ("amp", "amp")]
 GELU_IDS = ["x-amp+bias-fp32", "x-fp32+bias-fp32", "x-amp+bias-amp"]
 
 
+@needs_interpreter
 @AUTOCAST_DTYPES
 @pytest.mark.parametrize("x_dtype,bias_dtype", GELU_CASES, ids=GELU_IDS)
 def test_bias_gelu_under_cpu_autocast(x_dtype, bias_dtype, amp):
@@ -213,11 +219,13 @@ ATTN_CASES = [(F32, F32, F32), ("amp", "amp", "amp"), (F32, "amp", F32)]
 ATTN_IDS = ["qkv-fp32", "qkv-amp", "mixed"]
 
 
+@needs_interpreter
 @pytest.mark.parametrize("dtypes", ATTN_CASES, ids=ATTN_IDS)
 def test_attention_under_cpu_autocast_fp16(dtypes):
     check_attention([_resolve(d, F16) for d in dtypes], "cpu", F16, check_values=True)
 
 
+@needs_interpreter
 @pytest.mark.parametrize("dtypes", ATTN_CASES, ids=ATTN_IDS)
 def test_attention_under_cpu_autocast_bf16_dtypes(dtypes):
     """Dtypes only: the interpreter's bf16 tl.dot is wrong, so bf16 values are checked on a GPU."""
@@ -233,7 +241,7 @@ def test_attention_under_cuda_autocast(dtypes, amp):
 
 def test_attention_without_autocast_keeps_fp32():
     """Outside autocast nothing is cast: fp32 in, fp32 out, the exact (ieee) path."""
-    (q, k, v), mask = _attention_inputs([F32] * 3, "cpu")
+    (q, k, v), mask = _attention_inputs([F32] * 3, DEVICE)
     out = kernels.attention(q, k, v, mask, backend="triton")
     assert out.dtype == F32
     assert (out - reference.attention(q, k, v, mask)).abs().max().item() < 1e-5
@@ -251,20 +259,20 @@ def test_kernels_launch_with_autocast_off(op, monkeypatch):
     original = kernels.launches.launch
 
     def spy(name, *args, **kwargs):
-        seen.append((name, torch.is_autocast_enabled("cpu")))
+        seen.append((name, torch.is_autocast_enabled(DEVICE)))
         return original(name, *args, **kwargs)
 
     for module in ("attention", "layer_norm", "bias_gelu"):  # kernels.attention is also a function's name
         monkeypatch.setattr(sys.modules[f"kernels.{module}"], "launch", spy)
     if op == "attention":
-        (q, k, v), mask = _attention_inputs([F32] * 3, "cpu", L=20)
+        (q, k, v), mask = _attention_inputs([F32] * 3, DEVICE, L=20)
         inputs, fn = [q, k, v], lambda q, k, v: kernels.attention(q, k, v, mask, backend="triton")
     elif op == "layer_norm":
-        inputs, fn = _layer_norm_inputs(F32, F32, "cpu"), _ln_triton
+        inputs, fn = _layer_norm_inputs(F32, F32, DEVICE), _ln_triton
     else:
-        inputs, fn = [torch.randn(4, 384), torch.randn(384)], lambda x, b: kernels.bias_gelu(x, b, backend="triton")
+        inputs, fn = [torch.randn(4, 384, device=DEVICE), torch.randn(384, device=DEVICE)], lambda x, b: kernels.bias_gelu(x, b, backend="triton")
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    with torch.autocast("cpu", dtype=BF16):
+    with torch.autocast(DEVICE, dtype=BF16):
         out = fn(*leaves)
         out.float().sum().backward()  # backward inside the region too: the harder case
     assert seen, "no kernel was launched"
@@ -278,12 +286,12 @@ def test_adamw_step_is_unaffected_by_autocast():
     """An optimizer step runs outside autocast on fp32 master weights; inside a region it is the same step."""
     hyper = dict(step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, correct_bias=True)
     g = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=g) for s in [(33, 7), (100,)]]
-    grads = [torch.randn(p.shape, generator=g) for p in params]
+    params = [torch.randn(s, generator=g).to(DEVICE) for s in [(33, 7), (100,)]]
+    grads = [torch.randn(p.shape, generator=g).to(DEVICE) for p in params]
     results = []
     for region in (False, True):
         ps, ms, vs = [p.clone() for p in params], [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
-        with torch.autocast("cpu", dtype=BF16, enabled=region):
+        with torch.autocast(DEVICE, dtype=BF16, enabled=region):
             kernels.adamw_step(ps, grads, ms, vs, backend="triton", **hyper)
         assert all(t.dtype == F32 for t in ps + ms + vs)
         results.append(ps)

@@ -18,6 +18,7 @@ LORA_PATHS = {  # target -> the LoRA module's path inside a layer copy
     "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
     "attention_output": "attention.output.dense", "intermediate": "intermediate.dense", "output": "output.dense",
 }  # fmt: skip
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run in this session
 
 
 def build(plan: str, lora: LoRAConfig | None = None, backend: str = "torch", seed: int = 0) -> MultitaskBert:
@@ -172,11 +173,11 @@ def test_the_triton_backend_computes_what_the_torch_backend_does(plan):
     models = {backend: build(plan, LoRAConfig(rank=4), backend) for backend in ("torch", "triton")}
     for model in models.values():
         randomise_updates(model)
-        model.eval()
+        model.eval().to(DEVICE)
     grads = {}
     for backend, model in models.items():
-        outputs = model("a", make_batch(2))
-        model.loss("a", outputs, make_labels("a")).backward()
+        outputs = model("a", make_batch(2).to(DEVICE))
+        model.loss("a", outputs, make_labels("a").to(DEVICE)).backward()
         grads[backend] = (outputs.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     (out_torch, grads_torch), (out_triton, grads_triton) = grads["torch"], grads["triton"]
     torch.testing.assert_close(out_triton, out_torch)

@@ -1,5 +1,6 @@
 """minBERT with every attention, add & norm and bias + GELU on the Triton kernels matches the
-PyTorch path on the embedded checkpoint, forward and gradients (the interpreter on a CPU)."""
+PyTorch path on the embedded checkpoint, forward and gradients, in fp32 (on the GPU where there
+is one, else through the interpreter on the CPU)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from minbert import BertModel, BertTokenizer
 
 SENTENCES = ["The kernels must agree with the reference.", "Short one."]
 PAIRS = ["A second sentence.", "Padding follows"]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run in this session
 
 
 def _count_calls(monkeypatch, name):
@@ -31,12 +33,12 @@ def _count_calls(monkeypatch, name):
 
 @pytest.fixture(scope="module")
 def batch():
-    return BertTokenizer.from_pretrained()(SENTENCES, PAIRS)
+    return BertTokenizer.from_pretrained()(SENTENCES, PAIRS).to(DEVICE)
 
 
 def _run(backend, batch):
     torch.manual_seed(0)
-    model = BertModel.from_pretrained(backend=backend).train().set_dropout(0.0)
+    model = BertModel.from_pretrained(backend=backend).train().set_dropout(0.0).to(DEVICE)
     out = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
     real = batch.attention_mask.bool()
     loss = (out["last_hidden_state"][real] ** 2).mean() + out["pooler_output"].sum()

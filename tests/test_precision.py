@@ -20,7 +20,7 @@ def tiny(tmp_path: Path, **overrides) -> TrainConfig:
     settings = dict(
         tasks=["sst", "para", "sts"], plan="FS", checkpoint="random", hidden_size=32, num_layers=2,
         data="demo", steps=6, batch_size=8, max_length=32, eval_every=6, max_eval_examples=24,
-        lr=1e-3, out_dir=str(tmp_path / "run"), progress=False, backend="torch",
+        lr=1e-3, out_dir=str(tmp_path / "run"), progress=False, backend="torch", device="cpu",
     )
     return TrainConfig(**{**settings, **overrides})
 
@@ -91,7 +91,7 @@ def test_the_demo_corpus_trains_under_bf16_as_under_fp32(tmp_path):
     for precision in ("fp32", "bf16"):
         config = TrainConfig(tasks=["sst", "para", "sts"], plan="FFFFSS", data="demo", steps=60, batch_size=16,
                              max_length=48, eval_every=60, max_eval_examples=120, lr=2e-4, sampling="round_robin",
-                             backend="torch", precision=precision, out_dir=str(tmp_path / precision), progress=False)
+                             backend="torch", device="cpu", precision=precision, out_dir=str(tmp_path / precision), progress=False)
         trainer = Trainer(config)
         before = trainer.evaluate()["overall"]
         overall[precision] = trainer.train()["metrics"]["overall"]

@@ -25,7 +25,7 @@ def tiny(tmp_path: Path, name: str = "run", **overrides) -> TrainConfig:
     settings = dict(
         tasks=["sst", "para", "sts"], plan="FS", checkpoint="random", hidden_size=32, num_layers=2, data="demo",
         epochs=2, batch_size=8, max_length=32, max_train_examples=48, max_eval_examples=24, lr=1e-3,
-        sampling="round_robin", out_dir=str(tmp_path / name), progress=False, backend="torch",
+        sampling="round_robin", out_dir=str(tmp_path / name), progress=False, backend="torch", device="cpu",
     )
     return TrainConfig(**{**settings, **overrides})
 

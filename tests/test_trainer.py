@@ -25,7 +25,7 @@ def tiny(tmp_path: Path, **overrides) -> TrainConfig:
     settings = dict(
         tasks=["sst", "para", "sts"], plan="FS", checkpoint="random", hidden_size=32, num_layers=2,
         data="demo", steps=6, batch_size=8, max_length=32, eval_every=3, max_eval_examples=24,
-        lr=1e-3, out_dir=str(tmp_path / "run"), progress=False, backend="torch",
+        lr=1e-3, out_dir=str(tmp_path / "run"), progress=False, backend="torch", device="cpu",
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -162,7 +162,7 @@ def _cli(*args: str) -> list[str]:
 
 TINY_CLI = ["train", "--checkpoint", "random", "--hidden-size", "32", "--num-layers", "2", "--plan", "SS",
             "--data", "demo", "--batch-size", "8", "--max-length", "32", "--max-eval-examples", "16",
-            "--backend", "torch", "--quiet"]
+            "--backend", "torch", "--device", "cpu", "--quiet"]
 
 
 @requires_embedded_checkpoint  # the child process builds its encoder from it
