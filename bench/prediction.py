@@ -12,13 +12,16 @@ fit
 
 per piece, so any batch and length follow; the L**2 term is attention's where it keeps scores.
 
-What a piece saves depends on where it sits in the step, so each is probed in the roles a plan
-gives it:
+What a piece saves depends on where it sits in the step and what of it trains, so each is
+probed in the roles a plan gives it:
     first      trainable, its input needs no gradient (right above the frozen prefix)
     trainable  trainable, its input needs a gradient
     through    frozen above a trainable piece: gradients pass through, its weights get none
-Pieces of the frozen prefix (below the first trainable one) run without autograd and save
-nothing; their forward is a transient, as is each piece's backward.
+    lora-first, lora-trainable      a frozen base with LoRA updates (L), input without / with gradient
+    bitfit-first, bitfit-trainable  frozen matrices with trainable biases and norms (B)
+Pieces with nothing trainable in or below them (the frozen prefix; embeddings under L, which
+have no update) run without autograd state and save nothing; the prefix's forward is a
+transient, as is each piece's backward. Each fit is probed the first time a plan needs it.
 
 A step trains one task, so the activations are the largest task's stack (a siamese pair task
 runs its stack twice). Two moments of the step can hold the most:
@@ -48,12 +51,15 @@ from minbert import BertConfig, BertModel
 from minbert.model import BertEmbeddings, BertLayer, BertPooler
 from kernels.backend import resolve_for_device
 from multitask.accounting import account
+from multitask.bitfit import bitfit_copies
+from multitask.lora import LoRAConfig, lora_copies
 from multitask.model import HeadConfig, MultitaskBert, TaskHead
 from multitask.precision import Precision
 from multitask.sharing import SharingPlan
 from multitask.tasks import Task
 
-ROLES = ("first", "trainable", "through")
+ROLES = ("first", "trainable", "through", "lora-first", "lora-trainable", "bitfit-first", "bitfit-trainable")
+ADAPTATIONS = {"L": "lora", "B": "bitfit"}  # plan letter -> the role prefix of its pieces
 # Probe shapes (batch, length): two lengths at one batch size give the L and L**2 terms, a second
 # batch size at one length separates what grows with the batch from what does not.
 PROBES = ((2, 16), (2, 32), (4, 32))
@@ -102,14 +108,6 @@ class Fit:
         return cls(per_token, per_token_pair, fixed)
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """Fits per piece kind and role, and per task head, for one model shape, backend and precision."""
-
-    pieces: dict[tuple[str, str], Fit]  # (embeddings | layer | pooler, role) -> fit
-    heads: dict[tuple[str, bool, bool], Fit]  # (task kind key, siamese, input needs grad) -> fit
-
-
 def _batch(config: BertConfig, batch: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(batch * 1000 + length)
     ids = torch.randint(min(1000, config.vocab_size // 2), config.vocab_size, (batch, length), generator=generator)
@@ -119,14 +117,21 @@ def _batch(config: BertConfig, batch: int, length: int, device: torch.device) ->
 
 
 def _probe_piece(kind: str, role: str, config: BertConfig, backend: str, precision: Precision,
-                 device: torch.device, batch: int, length: int) -> int:
+                 device: torch.device, batch: int, length: int, lora: LoRAConfig | None) -> int:
     torch.manual_seed(0)
     piece = {"embeddings": lambda: BertEmbeddings(config, backend), "layer": lambda: BertLayer(config, backend),
-             "pooler": lambda: BertPooler(config)}[kind]().to(device)
+             "pooler": lambda: BertPooler(config)}[kind]()
+    adaptation, _, position = role.rpartition("-")  # "lora-first" -> ("lora", "first"); "first" -> ("", "first")
+    if adaptation == "lora":  # the base frozen, the updates trainable, as the model builds an L piece
+        piece = lora_copies(piece, ("probe",), kind, lora)["probe"]
+    elif adaptation == "bitfit":
+        piece = bitfit_copies(piece, ("probe",))["probe"]
+    else:
+        piece.requires_grad_(role != "through")
+    piece = piece.to(device)
     piece.train(role != "through")  # frozen pieces run in eval mode: no dropout masks to keep
-    piece.requires_grad_(role != "through")
     ids, mask = _batch(config, batch, length, device)
-    hidden = torch.randn(batch, length, config.hidden_size, device=device, requires_grad=role != "first")
+    hidden = torch.randn(batch, length, config.hidden_size, device=device, requires_grad=position != "first")
     with saved_tensor_bytes(exclude=piece.parameters()) as saved, precision.autocast():
         if kind == "embeddings":
             out = piece(ids, torch.zeros_like(ids))
@@ -138,11 +143,11 @@ def _probe_piece(kind: str, role: str, config: BertConfig, backend: str, precisi
     return saved[0]
 
 
-def _probe_head(task: Task, siamese: bool, input_grad: bool, config: BertConfig, precision: Precision,
+def _probe_head(task: Task, siamese: bool, input_grad: bool, hidden_size: int, precision: Precision,
                 device: torch.device, batch: int) -> int:
     torch.manual_seed(0)
-    head = TaskHead(config.hidden_size, task, HeadConfig("siamese" if siamese else "joint")).to(device).train()
-    pooled = [torch.randn(batch, config.hidden_size, device=device, requires_grad=input_grad)
+    head = TaskHead(hidden_size, task, HeadConfig("siamese" if siamese else "joint")).to(device).train()
+    pooled = [torch.randn(batch, hidden_size, device=device, requires_grad=input_grad)
               for _ in range(2 if siamese else 1)]
     labels = (torch.rand(batch, device=device) * 5 if task.kind == "regression"
               else torch.randint(task.num_labels, (batch,), device=device))
@@ -155,33 +160,25 @@ def _probe_head(task: Task, siamese: bool, input_grad: bool, config: BertConfig,
     return saved[0]
 
 
-def _head_key(task: Task) -> str:
-    return f"{task.kind}-{task.num_labels}"
-
-
-@functools.lru_cache(maxsize=16)
-def calibrate(config_items: tuple, backend: str, precision: Precision, device: str,
-              head_kinds: tuple[tuple[str, int, bool], ...]) -> Calibration:
-    """Probe every piece kind in every role once (cached per model shape, backend, precision and
-    device); `head_kinds` are (kind, num_labels, pair) of the tasks whose heads are needed."""
+@functools.lru_cache(maxsize=256)
+def piece_fit(config_items: tuple, backend: str, precision: Precision, device: str, kind: str, role: str,
+              lora_items: tuple = ()) -> Fit:
+    """The fit of one piece kind in one role, probed once per model shape, backend, precision and
+    device (and LoRA settings, for the lora roles)."""
     config = BertConfig(**dict(config_items))
-    target = torch.device(device)
-    roles = {"embeddings": ("first",), "layer": ROLES, "pooler": ROLES}
-    pieces = {}
-    for kind, kind_roles in roles.items():
-        for role in kind_roles:
-            measured = {(b, l): _probe_piece(kind, role, config, backend, precision, target, b, l) for b, l in PROBES}
-            pieces[(kind, role)] = Fit.from_probes(measured)
-    heads = {}
-    for kind, num_labels, pair in head_kinds:
-        task = Task(name="probe", kind=kind, num_labels=num_labels, metric="", pair=pair, loader=lambda split: [])
-        for siamese in ((False, True) if pair else (False,)):
-            for input_grad in (False, True):
-                measured = {(b, 1): _probe_head(task, siamese, input_grad, config, precision, target, b)
-                            for b in (2, 4)}
-                per_row = (measured[(4, 1)] - measured[(2, 1)]) / 2
-                heads[(_head_key(task), siamese, input_grad)] = Fit(per_row, 0.0, measured[(2, 1)] - 2 * per_row)
-    return Calibration(pieces, heads)
+    lora = LoRAConfig(**dict(lora_items)) if lora_items else None
+    return Fit.from_probes({(b, l): _probe_piece(kind, role, config, backend, precision, torch.device(device), b, l, lora)
+                            for b, l in PROBES})
+
+
+@functools.lru_cache(maxsize=64)
+def head_fit(hidden_size: int, precision: Precision, device: str, kind: str, num_labels: int, pair: bool,
+             siamese: bool, input_grad: bool) -> Fit:
+    """The fit of one task head and its loss (bytes per row plus a fixed part)."""
+    task = Task(name="probe", kind=kind, num_labels=num_labels, metric="", pair=pair, loader=lambda split: [])
+    measured = {b: _probe_head(task, siamese, input_grad, hidden_size, precision, torch.device(device), b) for b in (2, 4)}
+    per_row = (measured[4] - measured[2]) / 2
+    return Fit(per_row, 0.0, measured[2] - 2 * per_row)
 
 
 @dataclass
@@ -206,28 +203,29 @@ class Prediction:
         return asdict(self)
 
 
-CALIBRATED_LETTERS = ("F", "S", "I", "G")  # pieces the probes build: whole BERT pieces, trainable or frozen
+CALIBRATED_LETTERS = ("F", "S", "I", "G", "L", "B")  # every letter of the grammar
 
 
-class UncalibratedPlan(ValueError):
-    """A plan with pieces the calibration does not probe (LoRA and BitFit pieces, so far)."""
+def _trains(piece: str, assignment) -> bool:
+    """Whether any tensor of the piece trains (the embeddings under L have no update)."""
+    return not assignment.frozen and not (assignment.letter == "L" and piece == "embeddings")
 
 
 def piece_roles(plan: SharingPlan) -> list[tuple[str, str | None]]:
-    """(piece, role) bottom to top for one task's stack; role None = in the frozen prefix (saves nothing)."""
-    unknown = sorted({a.letter for _, a in plan.pieces()} - set(CALIBRATED_LETTERS))
-    if unknown:
-        raise UncalibratedPlan(f"plan {str(plan)!r}: no activation calibration for {', '.join(unknown)} pieces yet; "
-                               f"predictions cover {', '.join(CALIBRATED_LETTERS)}")
-    roles = []
-    prefix = plan.frozen_prefix_length()
-    for index, (piece, assignment) in enumerate(plan.pieces()):
-        if index < prefix:
+    """(piece, role) bottom to top for one task's stack; role None: nothing in or below the piece
+    trains, so it keeps nothing for the backward (the frozen prefix, the embeddings under L)."""
+    roles, below_trains = [], False
+    for piece, assignment in plan.pieces():
+        trains = _trains(piece, assignment)
+        if not (trains or below_trains):
             roles.append((piece, None))
-        elif index == prefix:
-            roles.append((piece, "first"))  # the first piece with autograd: its input has no gradient
+        elif not trains:
+            roles.append((piece, "through"))
         else:
-            roles.append((piece, "through" if assignment.frozen else "trainable"))
+            adaptation = ADAPTATIONS.get(assignment.letter)
+            position = "trainable" if below_trains else "first"
+            roles.append((piece, f"{adaptation}-{position}" if adaptation else position))
+        below_trains = below_trains or trains
     return roles
 
 
@@ -243,12 +241,16 @@ def predict(model: MultitaskBert, batch_size: int, length: int, precision: Preci
     config = model.config
     device = "cuda" if precision.device_type == "cuda" else "cpu"
     tasks = list(model.tasks.values())
-    head_kinds = tuple(sorted({(t.kind, t.num_labels, t.pair) for t in tasks}))
-    calibration = calibrate(tuple(sorted(vars(config).items())), backend, precision, device, head_kinds)
+    config_items = tuple(sorted(vars(config).items()))
+    lora_items = tuple(sorted(asdict(model.lora_config).items()))
     roles = piece_roles(model.plan)
+
+    def fit(kind: str, role: str) -> Fit:
+        return piece_fit(config_items, backend, precision, device, kind, role,
+                         lora_items if role.startswith("lora") else ())
+
     def stack_bytes(tokens: int) -> dict[str, int]:
-        return {piece: calibration.pieces[(_kind(piece), role)].bytes(batch_size, tokens) if role else 0
-                for piece, role in roles}
+        return {piece: fit(_kind(piece), role).bytes(batch_size, tokens) if role else 0 for piece, role in roles}
 
     per_piece = stack_bytes(length)
     second = sum(stack_bytes(length_b or length).values())
@@ -256,9 +258,10 @@ def predict(model: MultitaskBert, batch_size: int, length: int, precision: Preci
     per_task = {}
     for task in tasks:
         siamese = task.pair and pair_encoding == "siamese"
-        head = calibration.heads[(_head_key(task), siamese, not whole_frozen)].bytes(batch_size, 1)
+        head = head_fit(config.hidden_size, precision, device, task.kind, task.num_labels, task.pair, siamese,
+                        not whole_frozen).bytes(batch_size, 1)
         per_task[task.name] = sum(per_piece.values()) + (second if siamese else 0) + head
-    layer_forward = calibration.pieces[("layer", "trainable")].bytes(batch_size, length)
+    layer_forward = fit("layer", "trainable").bytes(batch_size, length)
     prefix_layers = any(role is None and piece.startswith("layer.") for piece, role in roles)
     transient = max([*per_piece.values(), layer_forward if prefix_layers else 0])
     counted = account(model.parameters())

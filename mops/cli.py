@@ -22,7 +22,7 @@ from bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
 from bench.gpu_check import RUNNING_ENV, CheckConfig, default_folder, run_check
 from bench.kernel_table import device_rows, update_table
 from bench.memory import MemorySampler
-from bench.prediction import UncalibratedPlan, predict
+from bench.prediction import predict
 from bench.report import report
 from bench.sweep import GRID_FIELDS, SET_BY_SWEEP, SweepConfig, run_sweep, shard_results_path, sweep_from_args
 from minbert import BertModel
@@ -69,14 +69,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           config.lora())
     precision = resolve_precision(config.precision, resolve_device(config.device))
     length = args.length or config.max_length
-    try:
-        prediction = predict(model, config.batch_size, length, precision, config.backend, config.pair_encoding,
-                             args.examples)
-    except UncalibratedPlan as err:  # the plan is fine; only its activations cannot be predicted yet
-        prediction, unpredicted = None, str(err)
+    prediction = predict(model, config.batch_size, length, precision, config.backend, config.pair_encoding,
+                         args.examples)
     if args.json:
-        body = prediction.as_dict() if prediction else {**account_model(model), "prediction_error": unpredicted}
-        print(json.dumps({"plan": str(plan), "tasks": config.tasks, **body}, indent=2))
+        print(json.dumps({"plan": str(plan), "tasks": config.tasks, **prediction.as_dict()}, indent=2))
         return 0
     print(plan.describe())
     accounting = account_model(model)
@@ -85,9 +81,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"memory for weights {mib(accounting['weight_bytes'])}, gradients {mib(accounting['grad_bytes'])}, "
           f"AdamW state {mib(accounting['optimizer_bytes'])}: {mib(accounting['total_bytes'])} before activations")
     print(_cache_line(plan, pretrained.config.hidden_size, args.examples, args.mean_length))
-    if prediction is None:
-        print(f"\nno peak prediction: {unpredicted}")
-        return 0
     largest = max(prediction.activation_bytes_per_task, key=prediction.activation_bytes_per_task.get)
     pieces = ", ".join(f"{piece} {mib(n)}" for piece, n in prediction.activation_bytes_per_piece.items())
     print(f"\none training step at batch {config.batch_size} x {length} tokens ({precision.name}, "

@@ -40,7 +40,8 @@ def test_plans_rise_from_frozen_to_individual():
     assert candidate_plans(2, "FSI") == ["FF", "FS", "FI", "SS", "SI", "II"]
     assert len(candidate_plans(6, "FSI")) == 28  # multisets of 6 letters out of 3
     assert all(plan == "".join(sorted(plan, key="FLBSI".index)) for plan in candidate_plans(4, "FLBSI"))
-    assert candidate_plans(6) == candidate_plans(6, "FSI")  # the letters the prediction is calibrated for
+    assert candidate_plans(6) == candidate_plans(6, "FLBSI")  # every letter: the prediction covers them all
+    assert len(candidate_plans(6)) == 210
 
 
 def candidate(plan: str, peak_mib: float, trainable: int) -> Candidate:

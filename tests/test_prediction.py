@@ -18,6 +18,7 @@ from bench.prediction import (
 from minbert import BertModel, BertTokenizer
 from mops.cli import main
 from multitask.batching import Collator
+from multitask.lora import LoRAConfig
 from multitask.model import HeadConfig, MultitaskBert
 from multitask.precision import Precision
 from multitask.sharing import parse_plan
@@ -25,6 +26,7 @@ from multitask.tasks import make_tasks
 
 TASKS = ["sst", "para", "sts"]
 DEMO_PLANS = ["FFFFFF", "FFFSSS", "F2S2I2", "F2S2[sst+para|sts]2", "SSSSSS", "IIIIII"]
+ADAPTED_PLANS = ["LLLLLL", "BBBBBB", "FFFLLL", "FFBBSS", "FLLSSI,pooler=B", "BBL[sst+para|sts]4"]
 FP32 = Precision("fp32", "cpu")
 
 
@@ -52,16 +54,30 @@ def test_roles_follow_the_frozen_prefix():
     assert roles == {"embeddings": "first", "layer.0": "trainable", "layer.1": "through", "pooler": "through"}
 
 
+def test_lora_and_bitfit_pieces_take_their_own_roles():
+    roles = dict(piece_roles(parse_plan("FFFLLL", TASKS, 6)))
+    assert [roles[p] for p in ("layer.2", "layer.3", "layer.4", "pooler")] == [
+        None, "lora-first", "lora-trainable", "lora-trainable"]
+    # the embeddings under L have no update: nothing below layer 0 trains, so layer 0 is first
+    roles = dict(piece_roles(parse_plan("LSF", TASKS, 3)))
+    assert roles == {"embeddings": None, "layer.0": "lora-first", "layer.1": "trainable", "layer.2": "through",
+                     "pooler": "through"}
+    roles = dict(piece_roles(parse_plan("BBS", TASKS, 3)))
+    assert [roles[p] for p in ("embeddings", "layer.0", "layer.1", "layer.2")] == [
+        "bitfit-first", "bitfit-trainable", "bitfit-trainable", "trainable"]
+
+
 @pytest.fixture(scope="module")
 def minilm():
     return BertModel.from_pretrained(backend="torch"), BertTokenizer.from_pretrained(), make_tasks(TASKS, "demo")
 
 
 @pytest.mark.parametrize("pair_encoding", ["joint", "siamese"])
-@pytest.mark.parametrize("plan_text", DEMO_PLANS)
+@pytest.mark.parametrize("plan_text", DEMO_PLANS + ADAPTED_PLANS)
 def test_predicted_activations_are_a_real_steps_within_5_percent(minilm, plan_text, pair_encoding):
     pretrained, tokenizer, tasks = minilm
-    model = MultitaskBert(pretrained, parse_plan(plan_text, TASKS, 6), tasks, HeadConfig(pair_encoding))
+    model = MultitaskBert(pretrained, parse_plan(plan_text, TASKS, 6), tasks, HeadConfig(pair_encoding),
+                          LoRAConfig(dropout=0.1))  # LoRA's dropout keeps a mask: the probes must see it too
     for task in tasks:
         siamese = task.pair and pair_encoding == "siamese"
         collate = Collator(tokenizer, 48, siamese, regression=task.kind == "regression")
