@@ -3,7 +3,9 @@
 1. Enumerate the plans of the model's depth whose letters rise from bottom to top in the order
    F, L, B, S, I (freeze the bottom, adapt or share the middle, keep the top per task: the family
    every plan of the demo sweep but its grouped one belongs to), over the letters the grammar
-   knows and the prediction is calibrated for: all five (210 plans of six layers).
+   knows and the prediction is calibrated for: all five (210 plans of six layers). With task
+   groups (`--groups`), each split of the tasks into groups adds the plans that use it, its
+   token ranked between S (one copy) and I (one per task): 756 more for three tasks.
 2. Predict each one's peak (bench.prediction) and keep those within the budget.
 3. Of those, keep the ones no other beats in both predicted peak (lower) and trainable
    parameters (higher), and pick K spread over that front.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,9 @@ from .prediction import CALIBRATED_LETTERS, Prediction, predict_for
 from .records import read_records
 from .sweep import SweepConfig, config_id, grid, run_sweep
 
+# Probe runs last a few dozen steps: a linear decay to zero over them halves what they learn, so
+# they run at a constant rate unless the user's --schedule says otherwise.
+PROBE_SCHEDULE = "constant"
 ORDER = ("F", "L", "B", "S", "I")  # bottom to top: what each layer may be, never lower than the one below
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -50,12 +55,46 @@ def parse_budget(text: str) -> int:
     return int(float(number) * UNITS[(unit or "").lower()])
 
 
-def candidate_plans(num_layers: int, letters: Sequence[str] | None = None) -> list[str]:
+def candidate_plans(num_layers: int, letters: Sequence[str] | None = None, groupings: Sequence[str] = ()) -> list[str]:
     """Every plan whose layer letters never fall in ORDER from bottom to top, over `letters`
-    (default: those the grammar knows and the prediction is calibrated for)."""
+    (default: those the grammar knows and the prediction is calibrated for); then, for each group
+    token in `groupings`, the plans that use it, one grouping per plan, ranked just below I."""
     known = [letter for letter in CHOICES if letter in CALIBRATED_LETTERS]
     usable = [letter for letter in ORDER if letter in (letters or known)]
-    return ["".join(combo) for combo in itertools.combinations_with_replacement(usable, num_layers)]
+    plans = ["".join(combo) for combo in itertools.combinations_with_replacement(usable, num_layers)]
+    slot = usable.index("I") if "I" in usable else len(usable)
+    for token in groupings:
+        ladder = [*usable[:slot], token, *usable[slot:]]
+        plans += [_runs(combo) for combo in itertools.combinations_with_replacement(ladder, num_layers)
+                  if token in combo]
+    return plans
+
+
+def _runs(tokens: Sequence[str]) -> str:
+    """Plan text with each run of equal tokens counted ("L1[a+b|c]2"): a bare L or B followed by a
+    group token would read as one adapted group ("L[a+b|c]", one update per group)."""
+    return "".join(f"{token}{len(list(run))}" for token, run in itertools.groupby(tokens))
+
+
+def task_groupings(tasks: Sequence[str]) -> list[str]:
+    """A group token for each split of the tasks into more than one group and fewer than one per
+    task: [sst+para|sts], [sst+sts|para] and [para+sts|sst] for three tasks (S and I are the
+    one-group and one-per-task ends)."""
+    order = {task: index for index, task in enumerate(tasks)}
+    splits = [sorted(split, key=lambda group: order[group[0]]) for split in _splits(list(tasks))]
+    return ["[" + "|".join("+".join(group) for group in split) + "]" for split in splits if 1 < len(split) < len(tasks)]
+
+
+def _splits(items: list[str]) -> Iterator[list[list[str]]]:
+    """Every partition of `items` into non-empty groups, each group in the items' order."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for split in _splits(rest):
+        yield [[first], *split]
+        for index in range(len(split)):
+            yield [*split[:index], [first, *split[index]], *split[index + 1:]]
 
 
 @dataclass
@@ -74,9 +113,9 @@ def predict_candidates(pretrained: BertModel, tasks: list[Task], batch_size: int
     skeleton = copy.deepcopy(pretrained).to("meta")
     out = []
     for text in plans or candidate_plans(depth):
-        prediction = predict_for(skeleton, parse_plan(text, names, depth), tasks, batch_size, length, precision,
-                                 pair_encoding)
-        out.append(Candidate(text, prediction, prediction.grads_bytes // 4))
+        plan = parse_plan(text, names, depth)
+        prediction = predict_for(skeleton, plan, tasks, batch_size, length, precision, pair_encoding)
+        out.append(Candidate(str(plan), prediction, prediction.grads_bytes // 4))
     return out
 
 

@@ -62,7 +62,7 @@ class CheckConfig:
     deadline_s: float = 470.0  # the whole check, under eight minutes with the summary
     train_seconds: float = 60.0
     bench_timeout_s: float = 150.0
-    workers: int = 8
+    workers: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))  # xdist workers, a thread each
     python: str = sys.executable
 
 

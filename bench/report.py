@@ -283,7 +283,7 @@ def _save(figure: Figure, path: str | os.PathLike) -> Path:
 
 def plot_pareto(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Measured peak memory (MiB) against overall score, one point per configuration labelled
-    with its plan, coloured by width, error bars over seeds, and the front drawn as a step line."""
+    with its plan (and the settings that vary between configurations), coloured by width, error bars over seeds, and the front drawn as a step line."""
     figure, axes = _figure()
     rows, varying = _sorted_rows(records)
     front = _front_rows(rows)
@@ -304,9 +304,10 @@ def plot_pareto(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
         yerr = [_spread(rows[i].values("metrics", "overall", runs=rows[i].ok)) for i in mine]
         axes.errorbar([points[i][0] for i in mine], [points[i][1] for i in mine], xerr=xerr, yerr=yerr,
                       fmt=markers[n % len(markers)], color=f"C{n}", capsize=2, label=f"width {width}")
-        for i in mine:
-            axes.annotate(rows[i].config.get("plan", "?"), points[i], textcoords="offset points", xytext=(4, 4),
-                          fontsize=8)
+        for i in mine:  # the plan, and the settings that differ between rows (lr=0.001), as in the table
+            extra = " ".join(f"{k}={_show(rows[i].config.get(k))}" for k in varying)
+            axes.annotate(f"{rows[i].config.get('plan', '?')} {extra}".strip(), points[i], textcoords="offset points",
+                          xytext=(4, 4), fontsize=8)
     on_front = sorted(points[i] for i in front if i in points)
     axes.step([p[0] for p in on_front], [p[1] for p in on_front], where="post", color="0.4", linestyle="--",
               linewidth=1, label="Pareto front")

@@ -16,9 +16,10 @@ and program b turns the addresses back into typed pointers (an int64 -> pointer 
 compiled Triton and the CPU interpreter both support; under the interpreter the addresses
 are those of the CPU tensors themselves, so the same kernel serves the tests). Chunks that
 lie wholly inside their tensor take an unmasked path the compiler can vectorise; only the
-last chunk of a tensor is masked. The tables are cached by (addresses, sizes, dtypes), so an
-optimizer stepping the same tensors reuses them; any change of tensor, size or storage
-makes a new key.
+last chunk of a tensor is masked. The block table is cached by the sizes (it lasts the run),
+the address table by the addresses (it changes whenever a gradient is reallocated, and reaches
+the GPU by an asynchronous copy from pinned memory, so rebuilding it never stalls the host);
+any change of tensor, size or storage makes a new key.
 
 Autocast: an optimizer step runs outside `torch.autocast`, on fp32 master weights (minBERT's
 parameters stay fp32 under autocast), and neither path has an autocast policy: inside an
@@ -105,8 +106,11 @@ if triton is not None:
             tl.store(p_ptr + offs, p.to(P_LIKE.dtype.element_ty), mask=mask)
 
 
-# (device, dtypes, addresses, sizes) -> (table, blocks, aligned), least recently used first
-_tables: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, bool]] = OrderedDict()
+# Least recently used first. Block tables depend on the sizes alone and last the whole run;
+# address tables change whenever a gradient is reallocated (zero_grad(set_to_none=True) frees
+# them every step), so they are rebuilt often and must cost no host-device synchronisation.
+_blocks: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # (device, sizes, BLOCK) -> (num_blocks, 2)
+_tables: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # (device, addresses, sizes) -> (T, 5)
 
 
 def _kernel_takes(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> bool:
@@ -115,35 +119,49 @@ def _kernel_takes(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Te
     )
 
 
-def _tables_for(tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]):
-    """The (table, blocks) pair for these tensors, built once per distinct key."""
-    addresses = tuple(t.data_ptr() for quad in tensors for t in quad)
-    sizes = tuple(quad[0].numel() for quad in tensors)
-    device = tensors[0][0].device
-    dtypes = tuple(t.dtype for t in tensors[0])
-    key = (device, dtypes, addresses, sizes, BLOCK)
-    hit = _tables.get(key)
-    if hit is not None:
-        _tables.move_to_end(key)
-        return hit
-    rows = [addresses[4 * i: 4 * i + 4] + (n,) for i, n in enumerate(sizes)]
-    table = torch.tensor(rows, dtype=torch.int64)  # (T, 5)
+def _remember(cache: OrderedDict, key: tuple, build) -> torch.Tensor:
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = build()
+        if len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return hit
+
+
+def _to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host table on `device`. To a GPU through pinned memory, asynchronously: a copy from pageable
+    memory would make the host wait for every kernel queued before it (the whole backward)."""
+    if device.type == "cuda":
+        return table.pin_memory().to(device, non_blocking=True)  # torch keeps the pinned block until the copy ran
+    return table.to(device)
+
+
+def _build_blocks(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
     chunks = [math.ceil(n / BLOCK) for n in sizes]
     tensor_index = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32), torch.tensor(chunks))
     starts = torch.tensor([0] + chunks[:-1]).cumsum(0)
     chunk_index = torch.arange(sum(chunks)) - torch.repeat_interleave(starts, torch.tensor(chunks))
-    blocks = torch.stack([tensor_index, chunk_index.to(torch.int32)], dim=1).contiguous()  # (num_blocks, 2)
-    aligned = all(a % 16 == 0 for a in addresses)
-    entry = (table.to(device), blocks.to(device), aligned)
-    _tables[key] = entry
-    if len(_tables) > _CACHE_SIZE:
-        _tables.popitem(last=False)
-    return entry
+    return _to_device(torch.stack([tensor_index, chunk_index.to(torch.int32)], dim=1).contiguous(), device)
+
+
+def _tables_for(tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """(table, blocks, aligned) for these tensors: `blocks` built once per distinct list of sizes,
+    `table` once per distinct set of addresses."""
+    addresses = tuple(t.data_ptr() for quad in tensors for t in quad)
+    sizes = tuple(quad[0].numel() for quad in tensors)
+    device = tensors[0][0].device
+    rows = lambda: [addresses[4 * i: 4 * i + 4] + (n,) for i, n in enumerate(sizes)]  # noqa: E731
+    table = _remember(_tables, (device, addresses, sizes),
+                      lambda: _to_device(torch.tensor(rows(), dtype=torch.int64), device))  # (T, 5)
+    blocks = _remember(_blocks, (device, sizes, BLOCK), lambda: _build_blocks(sizes, device))  # (num_blocks, 2)
+    return table, blocks, all(a % 16 == 0 for a in addresses)
 
 
 def clear_cache() -> None:
     """Drop the cached tables (small int tensors; they keep no reference to any parameter)."""
     _tables.clear()
+    _blocks.clear()
 
 
 def adamw_step(

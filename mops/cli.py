@@ -17,7 +17,10 @@ import torch
 import torch.distributed as dist
 from tabulate import tabulate
 
-from bench.advise import parse_budget, predict_candidates, ranking, shortlist, successive_halving
+from bench.advise import (
+    PROBE_SCHEDULE, candidate_plans, parse_budget, predict_candidates, ranking, shortlist, successive_halving,
+    task_groupings,
+)
 from bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
 from bench.gpu_check import RUNNING_ENV, CheckConfig, default_folder, run_check
 from bench.kernel_table import device_rows, update_table
@@ -25,12 +28,12 @@ from bench.memory import MemorySampler
 from bench.prediction import predict
 from bench.report import report
 from bench.sweep import GRID_FIELDS, SET_BY_SWEEP, SweepConfig, run_sweep, shard_results_path, sweep_from_args
-from minbert import BertModel
 from multitask.accounting import account_model
 from multitask.config import TrainConfig
 from multitask.devices import init_distributed_from_env, resolve_device
 from multitask.data import DataError
 from multitask.download import SOURCES, DownloadError, download
+from multitask.encoders import build_encoder
 from multitask.environment import device_name
 from multitask.export import export_task
 from multitask.model import HeadConfig, MultitaskBert
@@ -63,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     config = TrainConfig(**config_settings(args))
-    pretrained = BertModel.from_pretrained(config.checkpoint, backend=config.backend)
+    pretrained = build_encoder(config)  # a checkpoint, or `random` at --hidden-size x --num-layers
     plan = parse_plan(args.plan, config.tasks, pretrained.config.num_hidden_layers)
     model = MultitaskBert(pretrained, plan, make_tasks(config.tasks, "demo"), HeadConfig(config.pair_encoding),
                           config.lora())
@@ -200,19 +203,22 @@ def cmd_advise(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget)
     settings = config_settings(args)
     config = TrainConfig(**settings)
-    pretrained = BertModel.from_pretrained(config.checkpoint, backend=config.backend)
+    pretrained = build_encoder(config)  # a checkpoint, or `random` at --hidden-size x --num-layers
     tasks = make_tasks(config.tasks, config.data)
     precision = resolve_precision(config.precision, resolve_device(config.device))
+    groupings = task_groupings(config.tasks) if args.groups else ()
     candidates = predict_candidates(pretrained, tasks, config.batch_size, config.max_length, precision,
-                                    config.pair_encoding)
+                                    config.pair_encoding,
+                                    candidate_plans(pretrained.config.num_hidden_layers, groupings=groupings))
     probed = shortlist(candidates, budget, args.candidates)
     fitting = sum(c.prediction.peak_bytes <= budget for c in candidates)
     print(f"{fitting} of {len(candidates)} plans are predicted to fit {budget / 2**20:,.0f} MiB at batch "
           f"{config.batch_size} x {config.max_length} ({precision.name}); probing {len(probed)}: "
           f"{', '.join(c.plan for c in probed)}")
     train = {k: v for k, v in settings.items() if k not in ("tasks", "checkpoint", "seed")}
-    rounds = successive_halving([c.plan for c in probed], config.tasks, config.checkpoint,
-                                {**train, "progress": False}, args.probe_steps, args.results)
+    probe = {"schedule": PROBE_SCHEDULE, **train, "progress": False}  # a --schedule given is kept
+    rounds = successive_halving([c.plan for c in probed], config.tasks, config.checkpoint, probe, args.probe_steps,
+                                args.results)
     ranked, table = ranking(rounds, {c.plan: c.prediction.peak_bytes for c in probed}, args.probe_steps)
     print(table)
     best = ranked[0]
@@ -319,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--budget", required=True, help="memory for training: 4GiB, 4096MiB, 4GB or bytes")
     advise.add_argument("--probe-steps", type=int, default=40, help="steps of the first probing round (default 40)")
     advise.add_argument("--candidates", type=int, default=8, help="plans to probe (default 8)")
+    advise.add_argument("--groups", action="store_true",
+                        help="also enumerate plans with task groups (one split of the tasks per plan)")
     advise.add_argument("--results", default="results/advise.jsonl",
                         help="JSONL file of the probe runs; an interrupted advice resumes from it")
     add_config_options(advise, exclude=ADVISE_SETS)

@@ -108,6 +108,26 @@ def test_tables_follow_changing_tensors():
             _assert_close_ulps(p, rp, scale=0.1)
 
 
+def test_new_gradients_of_the_same_sizes_reuse_the_block_table():
+    """zero_grad(set_to_none=True) gives every step new gradient tensors: a new address table, the
+    same block table, and the step still right."""
+    import kernels.adamw as adamw
+
+    adamw.clear_cache()
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, correct_bias=True)
+    params, ms, vs = _state([(100,), (BLOCK + 5,)], torch.float32, DEVICE, seed=13)
+    ref = [p.clone() for p in params], [m.clone() for m in ms], [v.clone() for v in vs]
+    kept = []
+    for step in (1, 2):
+        grads = _grads(params, seed=20 + step)
+        kept.append(grads)  # alive, so the second step's gradients cannot reuse the first's memory
+        kernels.adamw_step(params, grads, ms, vs, backend="triton", step=step, **hyper)
+        reference.adamw_step(ref[0], grads, ref[1], ref[2], step=step, **hyper)
+    assert (len(adamw._tables), len(adamw._blocks)) == (2, 1)
+    for p, rp in zip(params, ref[0]):
+        _assert_close_ulps(p, rp, scale=0.1)
+
+
 def test_tensors_the_kernel_does_not_take_still_step():
     """float64 and non-contiguous tensors go through the twin inside the same call."""
     hyper = dict(step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, correct_bias=True)

@@ -11,7 +11,7 @@ import pytest
 import bench.sweep
 from bench.advise import (
     AdviceError, Candidate, candidate_plans, front, parse_budget, predict_candidates, ranking, shortlist, spread,
-    successive_halving,
+    successive_halving, task_groupings,
 )
 from bench.prediction import Prediction
 from minbert import BertConfig, BertModel
@@ -104,3 +104,40 @@ def test_advise_refuses_an_unreadable_or_unmeetable_budget(capsys):
             main(["advise", "--budget", budget, "--batch-size", "8", "--max-length", "32"])
         assert ended.value.code == 2
         assert says in capsys.readouterr().err
+
+
+def test_task_groups_split_the_tasks_between_one_copy_and_one_per_task():
+    assert task_groupings(["sst", "para", "sts"]) == ["[sst+para|sts]", "[sst+sts|para]", "[sst|para+sts]"]
+    assert task_groupings(["sst", "sts"]) == []  # two tasks: S and I are the only splits
+    assert len(task_groupings(["a", "b", "c", "d"])) == 13  # Bell(4) = 15 splits, less S and I
+    grouped = candidate_plans(2, "FSI", ["[a+b|c]"])
+    assert grouped == ["FF", "FS", "FI", "SS", "SI", "II", "F1[a+b|c]1", "S1[a+b|c]1", "[a+b|c]2", "[a+b|c]1I1"]
+    assert "L1[a+b|c]1" in candidate_plans(2, "FLI", ["[a+b|c]"])  # counted: "L[a+b|c]" is one adapted layer
+    assert len(candidate_plans(6, groupings=task_groupings(["sst", "para", "sts"]))) == 210 + 3 * 252
+
+
+def test_advise_with_groups_probes_at_a_constant_rate_unless_told(tmp_path, monkeypatch, capsys):
+    """`--groups` adds the grouped plans (printed in canonical form); probe runs use a constant
+    schedule, since a linear decay over a few dozen steps halves what they can learn."""
+    seen: list = []
+
+    def run_one(config, rid, timeout_s=None):
+        seen.append((config.plan, config.schedule))
+        return {"run_id": rid, "status": "ok", "config": dataclasses.asdict(config),
+                "metrics": {"overall": 0.1 * len(set(config.plan))}, "memory": {"peak_bytes": 10 * MiB}}
+
+    monkeypatch.setattr(bench.sweep, "run_one", run_one)
+    small = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    monkeypatch.setattr("mops.cli.build_encoder", lambda config: BertModel(small, backend="torch"))  # two layers
+    common = ["advise", "--budget", "4GiB", "--data", "demo", "--batch-size", "4", "--max-length", "16", "--probe-steps", "2", "--candidates", "4"]
+    with pytest.raises(SystemExit) as ended:
+        main([*common, "--groups", "--results", str(tmp_path / "a.jsonl")])
+    assert ended.value.code == 0
+    printed = capsys.readouterr().out
+    assert "33 of 33 plans are predicted to fit 4,096 MiB" in printed  # 15 plain plans and 6 per grouping
+    assert seen and {schedule for _, schedule in seen} == {"constant"}
+    assert "recommended:" in printed and "--schedule" not in printed.split("recommended:")[1]  # the user's settings
+    seen.clear()
+    with pytest.raises(SystemExit):
+        main([*common, "--schedule", "linear", "--results", str(tmp_path / "b.jsonl")])
+    assert "15 of 15 plans" in capsys.readouterr().out and {schedule for _, schedule in seen} == {"linear"}

@@ -234,6 +234,22 @@ def test_pareto_plot_is_a_png(sweep, tmp_path):
     assert_real_png(plot_pareto(sweep, tmp_path / "plots" / "pareto.png"))
 
 
+def test_pareto_points_name_the_settings_that_differ(tmp_path, monkeypatch):
+    """Two learning rates of one plan are two points: each label says which (as the table's lr column)."""
+    import matplotlib.axes
+
+    labels = []
+    original = matplotlib.axes.Axes.annotate
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate",
+                        lambda self, text, *a, **k: labels.append(text) or original(self, text, *a, **k))
+    records = [run("FFFLLL", peak_mib=1800, overall=0.45, lr=5e-5), run("FFFLLL", peak_mib=1830, overall=0.67, lr=1e-3)]
+    assert_real_png(plot_pareto(records, tmp_path / "p.png"))
+    assert sorted(labels) == ["FFFLLL lr=0.001", "FFFLLL lr=5e-05"]
+    labels.clear()
+    plot_pareto([run("FFFFFF", peak_mib=1000, overall=0.5)], tmp_path / "q.png")
+    assert labels == ["FFFFFF"]  # nothing varies: the plan alone
+
+
 def test_curves_plot_is_a_png(sweep, tmp_path):
     assert_real_png(plot_curves(sweep, tmp_path / "curves.png"))
 
