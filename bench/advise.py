@@ -2,8 +2,8 @@
 
 1. Enumerate the plans of the model's depth whose letters rise from bottom to top in the order
    F, L, B, S, I (freeze the bottom, adapt or share the middle, keep the top per task: the family
-   every plan of the demo sweep but its grouped one belongs to), over the letters the grammar
-   knows and the prediction is calibrated for: all five (210 plans of six layers). With task
+   every plan of the demo sweep but its grouped one belongs to), over all five letters (210 plans
+   of six layers; the prediction covers every letter). With task
    groups (`--groups`), each split of the tasks into groups adds the plans that use it, its
    token ranked between S (one copy) and I (one per task): 756 more for three tasks.
 2. Predict each one's peak (bench.prediction) and keep those within the budget.
@@ -27,10 +27,10 @@ from tabulate import tabulate
 
 from minbert import BertModel
 from multitask.precision import Precision
-from multitask.sharing import CHOICES, parse_plan
+from multitask.sharing import parse_plan
 from multitask.tasks import Task
 
-from .prediction import CALIBRATED_LETTERS, Prediction, predict_for
+from .prediction import Prediction, predict_for
 from .records import read_records
 from .sweep import SweepConfig, config_id, grid, run_sweep
 
@@ -57,10 +57,9 @@ def parse_budget(text: str) -> int:
 
 def candidate_plans(num_layers: int, letters: Sequence[str] | None = None, groupings: Sequence[str] = ()) -> list[str]:
     """Every plan whose layer letters never fall in ORDER from bottom to top, over `letters`
-    (default: those the grammar knows and the prediction is calibrated for); then, for each group
-    token in `groupings`, the plans that use it, one grouping per plan, ranked just below I."""
-    known = [letter for letter in CHOICES if letter in CALIBRATED_LETTERS]
-    usable = [letter for letter in ORDER if letter in (letters or known)]
+    (default: all of ORDER); then, for each group token in `groupings`, the plans that use it,
+    one grouping per plan, ranked just below I."""
+    usable = [letter for letter in ORDER if letter in (letters or ORDER)]
     plans = ["".join(combo) for combo in itertools.combinations_with_replacement(usable, num_layers)]
     slot = usable.index("I") if "I" in usable else len(usable)
     for token in groupings:

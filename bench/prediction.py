@@ -203,9 +203,6 @@ class Prediction:
         return asdict(self)
 
 
-CALIBRATED_LETTERS = ("F", "S", "I", "G", "L", "B")  # every letter of the grammar
-
-
 def _trains(piece: str, assignment) -> bool:
     """Whether any tensor of the piece trains (the embeddings under L have no update)."""
     return not assignment.frozen and not (assignment.letter == "L" and piece == "embeddings")
@@ -261,9 +258,10 @@ def predict(model: MultitaskBert, batch_size: int, length: int, precision: Preci
         head = head_fit(config.hidden_size, precision, device, task.kind, task.num_labels, task.pair, siamese,
                         not whole_frozen).bytes(batch_size, 1)
         per_task[task.name] = sum(per_piece.values()) + (second if siamese else 0) + head
-    layer_forward = fit("layer", "trainable").bytes(batch_size, length)
     prefix_layers = any(role is None and piece.startswith("layer.") for piece, role in roles)
-    transient = max([*per_piece.values(), layer_forward if prefix_layers else 0])
+    # a frozen prefix layer's forward holds about what a trainable layer saves, before it is freed
+    layer_forward = fit("layer", "trainable").bytes(batch_size, length) if prefix_layers else 0
+    transient = max([*per_piece.values(), layer_forward])
     counted = account(model.parameters())
     activations = max(per_task.values())
     optimizer_transient = adamw_step_buffer_bytes(counted.grad_bytes, backend, torch.device(device))

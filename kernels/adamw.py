@@ -137,6 +137,11 @@ def _to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
     return table.to(device)
 
 
+def _build_table(addresses: tuple[int, ...], sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    rows = [addresses[4 * i: 4 * i + 4] + (n,) for i, n in enumerate(sizes)]  # p, g, m, v, numel
+    return _to_device(torch.tensor(rows, dtype=torch.int64), device)
+
+
 def _build_blocks(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
     chunks = [math.ceil(n / BLOCK) for n in sizes]
     tensor_index = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32), torch.tensor(chunks))
@@ -151,9 +156,7 @@ def _tables_for(tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     addresses = tuple(t.data_ptr() for quad in tensors for t in quad)
     sizes = tuple(quad[0].numel() for quad in tensors)
     device = tensors[0][0].device
-    rows = lambda: [addresses[4 * i: 4 * i + 4] + (n,) for i, n in enumerate(sizes)]  # noqa: E731
-    table = _remember(_tables, (device, addresses, sizes),
-                      lambda: _to_device(torch.tensor(rows(), dtype=torch.int64), device))  # (T, 5)
+    table = _remember(_tables, (device, addresses, sizes), lambda: _build_table(addresses, sizes, device))  # (T, 5)
     blocks = _remember(_blocks, (device, sizes, BLOCK), lambda: _build_blocks(sizes, device))  # (num_blocks, 2)
     return table, blocks, all(a % 16 == 0 for a in addresses)
 

@@ -260,9 +260,10 @@ class Trainer:
         with self.precision.autocast():
             outputs = (self.ddp or self.model)(data.task.name, **inputs)
             loss = self.model.loss(data.task.name, outputs, labels)
-        if not torch.isfinite(loss):
+        value = loss.item()  # the step's one wait for the GPU: the check below and the progress bar share it
+        if not math.isfinite(value):
             raise TrainingError(
-                f"the {data.task.name} loss is {loss.item()} at step {self.state['step'] + 1}; "
+                f"the {data.task.name} loss is {value} at step {self.state['step'] + 1}; "
                 f"lower the learning rate (now {self.config.lr}) or check the {data.task.name} labels"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -277,7 +278,7 @@ class Trainer:
         if self.scaler.is_enabled() and self.scaler.get_scale() < scale:  # the scale only falls after an overflow
             self.state["skipped_steps"] += 1
         self.state["examples"] += len(indices)
-        return loss.item()
+        return value
 
     def train(self, fresh: bool = False) -> dict:
         """Run to the budget (resuming from `last.pt` unless `fresh`), return the run record."""

@@ -180,10 +180,13 @@ def test_failures_are_logged_as_they_happen_and_named_with_their_error(tmp_path)
     log = tmp_path / "failures.jsonl"
     env = dict(gpu_check.child_environment(CheckConfig(out=tmp_path), embedded_available=True))
     assert env[gpu_check.FAILURE_LOG_ENV] == str(log)
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(FAILING_CASES)], cwd=REPO,
-                   env=env, capture_output=True, text=True, timeout=120)
-    failures = gpu_check.read_failures(log)
+    inner = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(FAILING_CASES)],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert inner.returncode == 1, inner.stdout[-2000:]  # pytest's "tests failed", not a crash
     node = "tests/fixtures/failing_cases.py::test_that_fails"
+    # one line: the failing call; its setup and teardown passed and are not logged
+    assert [(e["node"], e["when"]) for e in map(json.loads, log.read_text().splitlines())] == [(node, "call")]
+    failures = gpu_check.read_failures(log)
     assert list(failures) == [node]
     assert gpu_check.error_line(failures[node]) == "AssertionError: the reason, logged at once"
     tests = parse_test_log(f"[gw0] [100%] FAILED {node}\n")

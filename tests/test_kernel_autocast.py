@@ -162,21 +162,15 @@ GELU_CASES = [("amp", F32), (F32, F32), ("amp", "amp")]
 GELU_IDS = ["x-amp+bias-fp32", "x-fp32+bias-fp32", "x-amp+bias-amp"]
 
 
-@needs_interpreter
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=needs_interpreter),
+                                    pytest.param("cuda", marks=needs_cuda)])
 @AUTOCAST_DTYPES
 @pytest.mark.parametrize("x_dtype,bias_dtype", GELU_CASES, ids=GELU_IDS)
-def test_bias_gelu_under_cpu_autocast(x_dtype, bias_dtype, amp):
-    """No autocast policy for add or gelu: x + bias promotes (the model's bf16 activation plus fp32 bias is fp32)."""
+def test_bias_gelu_under_autocast(x_dtype, bias_dtype, amp, device):
+    """No autocast policy for add or gelu on either device: x + bias promotes (the model's bf16
+    activation plus fp32 bias is fp32)."""
     x_dtype, bias_dtype = _resolve(x_dtype, amp), _resolve(bias_dtype, amp)
-    assert check_bias_gelu(x_dtype, bias_dtype, "cpu", amp) == torch.promote_types(x_dtype, bias_dtype)
-
-
-@needs_cuda
-@AUTOCAST_DTYPES
-@pytest.mark.parametrize("x_dtype,bias_dtype", GELU_CASES, ids=GELU_IDS)
-def test_bias_gelu_under_cuda_autocast(x_dtype, bias_dtype, amp):
-    x_dtype, bias_dtype = _resolve(x_dtype, amp), _resolve(bias_dtype, amp)
-    assert check_bias_gelu(x_dtype, bias_dtype, "cuda", amp) == torch.promote_types(x_dtype, bias_dtype)
+    assert check_bias_gelu(x_dtype, bias_dtype, device, amp) == torch.promote_types(x_dtype, bias_dtype)
 
 
 # ----------------------------------------------------------------------------- attention
