@@ -7,8 +7,12 @@
    groups (`--groups`), each split of the tasks into groups adds the plans that use it, its
    token ranked between S (one copy) and I (one per task): 756 more for three tasks.
 2. Predict each one's peak (bench.prediction) and keep those within the budget.
-3. Of those, keep the ones no other beats in both predicted peak (lower) and trainable
-   parameters (higher), and pick K spread over that front.
+3. Of those, keep the ones no other beats in predicted peak (lower) and trainable capacity
+   (higher), and pick K spread over that front. Capacity counts twice: the trainable parameters
+   in all (what per-task copies add) and the trainable parameters one task's path reads, on
+   average (how deep training reaches: `FFSS[a+b|c]2` adapts four layers for every task, `FFFFII`
+   two, though it has more parameters in all). On parameters in all alone, the deep, lightly
+   copied plans that often score best fall off the front.
 4. Probe them by successive halving: short training runs through the sweep machinery (one
    process each, appended to a results file, so an interrupted advice resumes), the better half
    by dev score kept at each round with the budget doubled, until one is left.
@@ -26,11 +30,12 @@ from pathlib import Path
 from tabulate import tabulate
 
 from minbert import BertModel
+from multitask.model import HeadConfig, MultitaskBert
 from multitask.precision import Precision
 from multitask.sharing import parse_plan
 from multitask.tasks import Task
 
-from .prediction import Prediction, predict_for
+from .prediction import Prediction, predict
 from .records import read_records
 from .sweep import SweepConfig, config_id, grid, run_sweep
 
@@ -100,11 +105,12 @@ def _splits(items: list[str]) -> Iterator[list[list[str]]]:
 class Candidate:
     plan: str
     prediction: Prediction
-    trainable: int  # elements of trainable parameters: the plan's capacity to adapt
+    trainable: int  # elements of trainable parameters, in all: the plan's capacity to adapt
+    reach: int = 0  # trainable elements one task's path reads, mean over the tasks: how deep training reaches
 
 
 def predict_candidates(pretrained: BertModel, tasks: list[Task], batch_size: int, length: int, precision: Precision,
-                       pair_encoding: str = "joint", plans: Sequence[str] | None = None) -> list[Candidate]:
+                       head: HeadConfig | None = None, plans: Sequence[str] | None = None) -> list[Candidate]:
     names = [t.name for t in tasks]
     depth = pretrained.config.num_hidden_layers
     # The prediction reads shapes only: candidates built on the meta device copy no weights, so
@@ -113,20 +119,39 @@ def predict_candidates(pretrained: BertModel, tasks: list[Task], batch_size: int
     out = []
     for text in plans or candidate_plans(depth):
         plan = parse_plan(text, names, depth)
-        prediction = predict_for(skeleton, plan, tasks, batch_size, length, precision, pair_encoding)
-        out.append(Candidate(str(plan), prediction, prediction.grads_bytes // 4))
+        model = MultitaskBert(skeleton, plan, tasks, head)
+        prediction = predict(model, batch_size, length, precision, skeleton.backend)
+        out.append(Candidate(str(plan), prediction, prediction.grads_bytes // 4, task_reach(model)))
     return out
 
 
+def task_reach(model: MultitaskBert) -> int:
+    """Trainable elements one task's path (its pieces and head) reads, mean over the tasks."""
+    reads = [sum(p.numel() for p in {id(p): p for p in model.parameters_of(task)}.values() if p.requires_grad)
+             for task in model.tasks]
+    return round(sum(reads) / len(reads))
+
+
+def _key(candidate: Candidate) -> tuple[int, int, int]:
+    return candidate.prediction.peak_bytes, candidate.trainable, candidate.reach
+
+
+def _dominates(a: Candidate, b: Candidate) -> bool:
+    """a is no worse than b in peak and both capacities, and better in one of them."""
+    (peak_a, all_a, reach_a), (peak_b, all_b, reach_b) = _key(a), _key(b)
+    return peak_a <= peak_b and all_a >= all_b and reach_a >= reach_b and _key(a) != _key(b)
+
+
 def front(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """The candidates no other has both a lower-or-equal predicted peak and more trainable parameters
-    (or as many at a lower peak), lowest peak first."""
-    ordered = sorted(candidates, key=lambda c: (c.prediction.peak_bytes, -c.trainable))
-    kept, best_trainable = [], -1
-    for candidate in ordered:
-        if candidate.trainable > best_trainable:
+    """The candidates no other beats in predicted peak and capacity (parameters in all and a task's
+    reach), lowest peak first; of candidates alike in all three, the first."""
+    ordered = sorted(candidates, key=lambda c: (c.prediction.peak_bytes, -c.trainable, -c.reach))
+    kept: list[Candidate] = []
+    for index, candidate in enumerate(ordered):
+        # whatever dominates a candidate sorts before it, so only those ahead are compared
+        if not any(_dominates(other, candidate) for other in ordered[:index]) and \
+                not any(_key(other) == _key(candidate) for other in kept):
             kept.append(candidate)
-            best_trainable = candidate.trainable
     return kept
 
 

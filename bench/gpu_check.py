@@ -6,8 +6,9 @@ the GPU and the time:
 
 1. the benchmark suite (`pytest --benchmark`, the GPU groups): each kernel against PyTorch and
    the training steps of each backend;
-2. `mops train` for 60 s with the default settings, then with `--backend torch`, side by side
-   (the CS224N folder in DATA=, else the demo corpus);
+2. `mops train` for 60 s with the default settings, then with `--backend torch`, then with
+   `--cuda-graphs on` (the step replayed as CUDA graphs), side by side (the CS224N folder in
+   DATA=, else the demo corpus);
 3. the whole test suite, in parallel where pytest-xdist is installed, with whatever time is left;
    a test that fails is named with its error (tracebacks in failures.md, logged as each failure
    happens), and tests still running at the deadline are reported as such.
@@ -110,9 +111,10 @@ def bench_command(config: CheckConfig) -> list[str]:
             "-k", "not cpu and not small_sweep", f"--benchmark-json={config.out / 'benchmarks.json'}"]
 
 
-def train_command(config: CheckConfig, backend: str | None, checkpoint: str) -> list[str]:
-    """A `mops train` of `train_seconds` with the defaults (or the given backend), evaluated once at the end."""
-    name = f"train-{backend or 'default'}"
+def train_command(config: CheckConfig, backend: str | None, checkpoint: str, graphs: bool = False) -> list[str]:
+    """A `mops train` of `train_seconds` with the defaults (or the given backend, or CUDA graphs on),
+    evaluated once at the end."""
+    name = "train-graphs" if graphs else f"train-{backend or 'default'}"
     command = [config.python, "-m", "mops", "train", "--data", config.data, "--seconds", str(config.train_seconds),
                "--eval-every", "1000000", "--max-eval-examples", "2000", "--out", str(config.out / name),
                "--quiet", "--fresh"]
@@ -120,7 +122,7 @@ def train_command(config: CheckConfig, backend: str | None, checkpoint: str) -> 
         command += ["--checkpoint", "random", "--hidden-size", "384", "--num-layers", "6"]
     else:
         command += ["--checkpoint", checkpoint]
-    return command + (["--backend", backend] if backend else [])
+    return command + (["--backend", backend] if backend else []) + (["--cuda-graphs", "on"] if graphs else [])
 
 
 def test_command(config: CheckConfig, xdist: bool, timeout_plugin: bool) -> list[str]:
@@ -199,7 +201,8 @@ def training_figures(results: Path) -> dict | None:
     return {"backend": record["config"]["backend"], "kernels": record.get("kernels"),
             "precision": record.get("precision"), "steps": timing["steps"],
             "train_seconds": timing["train_seconds"], "examples_per_second": timing["examples_per_second"],
-            "skipped_steps": timing.get("skipped_steps"), "metrics": record["metrics"]}
+            "skipped_steps": timing.get("skipped_steps"), "metrics": record["metrics"],
+            "cuda_graphs": record.get("cuda_graphs")}
 
 
 def step_times(benchmark_json: Path) -> list[dict]:
@@ -287,6 +290,13 @@ def summary(header: dict, steps: Sequence[Step], tests: TestOutcome | None, kern
         if (default["kernels"], default["precision"]) == (torch_run["kernels"], torch_run["precision"]):
             lines.append("Both runs ran the same kernels at the same precision (the dispatch table picks PyTorch "
                          "for every op on this GPU): the difference is run-to-run variation; the defaults run first.")
+    graphs = training.get("train-graphs")
+    if default and graphs and default["examples_per_second"] and graphs["examples_per_second"]:
+        ratio = graphs["examples_per_second"] / default["examples_per_second"]
+        state = graphs.get("cuda_graphs") or {}
+        lines += ["", f"CUDA graphs (`--cuda-graphs on`) against the defaults: **{ratio:.2f}x** the examples per "
+                      f"second; graphs {'on' if state.get('enabled') else 'off'} ({state.get('reason', '?')}). "
+                      f"Equal results are checked by the tests, not by these two runs (other dropout masks)."]
     return "\n".join(lines) + "\n"
 
 
@@ -323,21 +333,22 @@ def run_check(config: CheckConfig, runner: Callable[[Step, float, dict[str, str]
     steps = [Step("benchmarks", bench_command(config), config.out / "benchmarks.log"),
              Step("train-default", train_command(config, None, checkpoint), config.out / "train-default.log"),
              Step("train-torch", train_command(config, "torch", checkpoint), config.out / "train-torch.log"),
+             Step("train-graphs", train_command(config, None, checkpoint, graphs=True), config.out / "train-graphs.log"),
              Step("tests", test_command(config, "xdist" not in missing[1], "pytest_timeout" not in missing[1]),
                   config.out / "tests.log")]
     if not missing[0]:
         train_budget = config.train_seconds + 60  # start-up, data, the final evaluation (capped at 2,000 examples)
-        runner(steps[0], min(config.bench_timeout_s, left(2 * train_budget + 60)), env)
-        for step in steps[1:3]:
+        runner(steps[0], min(config.bench_timeout_s, left(2 * train_budget + 60)), env)  # graphs: what is left
+        for step in steps[1:4]:
             runner(step, min(train_budget, left(60)), env)
-        runner(steps[3], left(10), env)
-    tests = parse_test_log(steps[3].log.read_text()) if steps[3].log.is_file() else None
+        runner(steps[4], left(10), env)
+    tests = parse_test_log(steps[4].log.read_text()) if steps[4].log.is_file() else None
     header = {"device": device_name(), "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
               "commit": _commit(), "data": config.data, "checkpoint": checkpoint,
               "seconds": f"{time.perf_counter() - started:.0f} of {config.deadline_s:.0f}"}
     benchmarks = config.out / "benchmarks.json"
     kernels = group_ratios([benchmarks]) if benchmarks.is_file() else []
-    training = {step.name: training_figures(config.out / step.name / "results.json") for step in steps[1:3]}
+    training = {step.name: training_figures(config.out / step.name / "results.json") for step in steps[1:4]}
     failures = read_failures(config.out / "failures.jsonl")
     if failures:
         atomic_write(config.out / "failures.md", failures_markdown(failures))

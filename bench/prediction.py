@@ -3,7 +3,8 @@
 A training step holds the weights, the gradients and AdamW's two moments of the trainable
 tensors (counted from the built model by multitask.accounting), plus what autograd keeps for
 the backward: the activations. Those come from a calibration, not a guess. One probe step of one
-piece of the model's shape (embeddings, an encoder layer, the pooler, each task's head and loss)
+piece of the model's shape (embeddings, an encoder layer, the pooler or the weightless pooling,
+each task's head and loss)
 runs under `torch.autograd.graph.saved_tensors_hooks`, which sees every tensor autograd saves;
 their storages are counted once each, parameters left out (they are weights). Three probe shapes
 fit
@@ -45,7 +46,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from minbert import BertConfig, BertModel
 from minbert.model import BertEmbeddings, BertLayer, BertPooler
@@ -53,7 +53,8 @@ from kernels.backend import resolve_for_device
 from multitask.accounting import account
 from multitask.bitfit import bitfit_copies
 from multitask.lora import LoRAConfig, lora_copies
-from multitask.model import HeadConfig, MultitaskBert, TaskHead
+from multitask.model import HeadConfig, MultitaskBert, make_head, task_loss
+from multitask.pooling import weightless_pooling
 from multitask.precision import Precision
 from multitask.sharing import SharingPlan
 from multitask.tasks import Task
@@ -120,7 +121,8 @@ def _probe_piece(kind: str, role: str, config: BertConfig, backend: str, precisi
                  device: torch.device, batch: int, length: int, lora: LoRAConfig | None) -> int:
     torch.manual_seed(0)
     piece = {"embeddings": lambda: BertEmbeddings(config, backend), "layer": lambda: BertLayer(config, backend),
-             "pooler": lambda: BertPooler(config)}[kind]()
+             "pooler": lambda: BertPooler(config), "mean": lambda: weightless_pooling("mean"),
+             "cls": lambda: weightless_pooling("cls")}[kind]()
     adaptation, _, position = role.rpartition("-")  # "lora-first" -> ("lora", "first"); "first" -> ("", "first")
     if adaptation == "lora":  # the base frozen, the updates trainable, as the model builds an L piece
         piece = lora_copies(piece, ("probe",), kind, lora)["probe"]
@@ -135,7 +137,7 @@ def _probe_piece(kind: str, role: str, config: BertConfig, backend: str, precisi
     with saved_tensor_bytes(exclude=piece.parameters()) as saved, precision.autocast():
         if kind == "embeddings":
             out = piece(ids, torch.zeros_like(ids))
-        elif kind == "layer":
+        elif kind in ("layer", "mean", "cls"):
             out = piece(hidden, mask)
         else:
             out = piece(hidden)
@@ -143,19 +145,18 @@ def _probe_piece(kind: str, role: str, config: BertConfig, backend: str, precisi
     return saved[0]
 
 
-def _probe_head(task: Task, siamese: bool, input_grad: bool, hidden_size: int, precision: Precision,
+def _probe_head(task: Task, head_config: HeadConfig, input_grad: bool, hidden_size: int, precision: Precision,
                 device: torch.device, batch: int) -> int:
     torch.manual_seed(0)
-    head = TaskHead(hidden_size, task, HeadConfig("siamese" if siamese else "joint")).to(device).train()
+    siamese = head_config.siamese(task)
+    head = make_head(hidden_size, task, head_config).to(device).train()
     pooled = [torch.randn(batch, hidden_size, device=device, requires_grad=input_grad)
               for _ in range(2 if siamese else 1)]
     labels = (torch.rand(batch, device=device) * 5 if task.kind == "regression"
               else torch.randint(task.num_labels, (batch,), device=device))
     with saved_tensor_bytes(exclude=head.parameters()) as saved, precision.autocast():
         outputs = head(*pooled)
-        # the trainer's losses (multitask.model.MultitaskBert.loss), in fp32
-        loss = (F.mse_loss(outputs.squeeze(-1).float(), labels) if task.kind == "regression"
-                else F.cross_entropy(outputs.float(), labels))
+        loss = task_loss(task, outputs, labels, head_config.scale_regression)  # the trainer's loss
     loss.backward()
     return saved[0]
 
@@ -172,11 +173,14 @@ def piece_fit(config_items: tuple, backend: str, precision: Precision, device: s
 
 
 @functools.lru_cache(maxsize=64)
-def head_fit(hidden_size: int, precision: Precision, device: str, kind: str, num_labels: int, pair: bool,
-             siamese: bool, input_grad: bool) -> Fit:
-    """The fit of one task head and its loss (bytes per row plus a fixed part)."""
-    task = Task(name="probe", kind=kind, num_labels=num_labels, metric="", pair=pair, loader=lambda split: [])
-    measured = {b: _probe_head(task, siamese, input_grad, hidden_size, precision, torch.device(device), b) for b in (2, 4)}
+def head_fit(hidden_size: int, precision: Precision, device: str, name: str, kind: str, num_labels: int, pair: bool,
+             label_range: tuple[float, float], head_config: HeadConfig, input_grad: bool) -> Fit:
+    """The fit of one task head and its loss (bytes per row plus a fixed part); the task's name
+    says which head `head_config` gives it (e.g. a cosine head for a task in `cosine_tasks`)."""
+    task = Task(name=name, kind=kind, num_labels=num_labels, metric="", pair=pair, loader=lambda split: [],
+                label_range=label_range)
+    measured = {b: _probe_head(task, head_config, input_grad, hidden_size, precision, torch.device(device), b)
+                for b in (2, 4)}
     per_row = (measured[4] - measured[2]) / 2
     return Fit(per_row, 0.0, measured[2] - 2 * per_row)
 
@@ -208,12 +212,13 @@ def _trains(piece: str, assignment) -> bool:
     return not assignment.frozen and not (assignment.letter == "L" and piece == "embeddings")
 
 
-def piece_roles(plan: SharingPlan) -> list[tuple[str, str | None]]:
+def piece_roles(plan: SharingPlan, pooling: str = "pooler") -> list[tuple[str, str | None]]:
     """(piece, role) bottom to top for one task's stack; role None: nothing in or below the piece
-    trains, so it keeps nothing for the backward (the frozen prefix, the embeddings under L)."""
+    trains, so it keeps nothing for the backward (the frozen prefix, the embeddings under L). A
+    weightless pooling in the pooler's place never trains: gradients only pass through it."""
     roles, below_trains = [], False
     for piece, assignment in plan.pieces():
-        trains = _trains(piece, assignment)
+        trains = _trains(piece, assignment) and not (piece == "pooler" and pooling != "pooler")
         if not (trains or below_trains):
             roles.append((piece, None))
         elif not trains:
@@ -226,12 +231,15 @@ def piece_roles(plan: SharingPlan) -> list[tuple[str, str | None]]:
     return roles
 
 
-def _kind(piece: str) -> str:
+def _kind(piece: str, pooling: str) -> str:
+    """The probe kind of a piece: embeddings, layer, pooler, or the weightless pooling in its place."""
+    if piece == "pooler":
+        return pooling
     return "layer" if piece.startswith("layer.") else piece
 
 
 def predict(model: MultitaskBert, batch_size: int, length: int, precision: Precision, backend: str = "torch",
-            pair_encoding: str = "joint", cache_examples: int | None = None, length_b: int | None = None) -> Prediction:
+            cache_examples: int | None = None, length_b: int | None = None) -> Prediction:
     """The estimated peak of one training step of `model` at `batch_size` x `length` tokens (a joint
     pair's length, or the first sentences' under siamese encoding, the second ones' being
     `length_b`, by default the same)."""
@@ -240,23 +248,25 @@ def predict(model: MultitaskBert, batch_size: int, length: int, precision: Preci
     tasks = list(model.tasks.values())
     config_items = tuple(sorted(vars(config).items()))
     lora_items = tuple(sorted(asdict(model.lora_config).items()))
-    roles = piece_roles(model.plan)
+    head_config = model.head_config
+    roles = piece_roles(model.plan, model.pooling)
 
     def fit(kind: str, role: str) -> Fit:
         return piece_fit(config_items, backend, precision, device, kind, role,
                          lora_items if role.startswith("lora") else ())
 
     def stack_bytes(tokens: int) -> dict[str, int]:
-        return {piece: fit(_kind(piece), role).bytes(batch_size, tokens) if role else 0 for piece, role in roles}
+        return {piece: fit(_kind(piece, model.pooling), role).bytes(batch_size, tokens) if role else 0
+                for piece, role in roles}
 
     per_piece = stack_bytes(length)
     second = sum(stack_bytes(length_b or length).values())
     whole_frozen = all(role is None for _, role in roles)
     per_task = {}
     for task in tasks:
-        siamese = task.pair and pair_encoding == "siamese"
-        head = head_fit(config.hidden_size, precision, device, task.kind, task.num_labels, task.pair, siamese,
-                        not whole_frozen).bytes(batch_size, 1)
+        siamese = head_config.siamese(task)
+        head = head_fit(config.hidden_size, precision, device, task.name, task.kind, task.num_labels, task.pair,
+                        task.label_range, head_config, not whole_frozen).bytes(batch_size, 1)
         per_task[task.name] = sum(per_piece.values()) + (second if siamese else 0) + head
     prefix_layers = any(role is None and piece.startswith("layer.") for piece, role in roles)
     # a frozen prefix layer's forward holds about what a trainable layer saves, before it is freed
@@ -307,10 +317,10 @@ def library_workspace_bytes(device: torch.device, precision: Precision) -> int:
 
 
 def predict_for(pretrained: BertModel, plan: SharingPlan, tasks: list[Task], batch_size: int, length: int,
-                precision: Precision, pair_encoding: str = "joint", cache_examples: int | None = None) -> Prediction:
+                precision: Precision, head: HeadConfig | None = None, cache_examples: int | None = None) -> Prediction:
     """Build the plan's model from `pretrained` and predict its step (what `mops plan` prints)."""
-    model = MultitaskBert(pretrained, plan, tasks, HeadConfig(pair_encoding))
-    return predict(model, batch_size, length, precision, pretrained.backend, pair_encoding, cache_examples)
+    model = MultitaskBert(pretrained, plan, tasks, head)
+    return predict(model, batch_size, length, precision, pretrained.backend, cache_examples)
 
 
 def measure_step_activations(model: MultitaskBert, task: str, inputs: dict, labels: torch.Tensor,

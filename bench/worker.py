@@ -28,8 +28,8 @@ def _prediction(trainer: Trainer) -> dict:
     measured peak; a prediction that fails is noted, the run's record is kept."""
     config = trainer.config
     try:
-        return predict(trainer.model, config.batch_size, config.max_length, trainer.precision, config.backend,
-                       config.pair_encoding).as_dict()
+        return predict(trainer.model, config.batch_size, config.max_length, trainer.precision,
+                       config.backend).as_dict()
     except Exception as err:  # noqa: BLE001 - the run itself succeeded
         return {"error": f"{type(err).__name__}: {err}"}
 

@@ -6,6 +6,11 @@ The math is `kernels.reference.adamw_step`, per element, in fp32:
     p -= step_size * m / (sqrt(v) + eps)       step_size = lr sqrt(1 - b2^t) / (1 - b1^t) (or lr)
     p -= lr * weight_decay * p                 after the Adam update, on the updated p
 
+The step count t and lr may live on the device (minbert.optim.AdamW keeps them there): the step
+sizes are computed on the device by `reference.adamw_scalars`, one per tensor, and the kernel
+reads them from memory. No argument of the launch changes from one step to the next, so a CUDA
+graph that captured the step replays it with each replay's counts and rate.
+
 One launch covers every tensor of a call (per combination of dtypes). The launcher builds
 two small device tables:
 
@@ -58,7 +63,8 @@ if triton is not None:
     def _adamw_kernel(
         TABLE, BLOCKS,  # (T, 5) int64, (num_blocks, 2) int32
         P_LIKE, G_LIKE, M_LIKE, V_LIKE,  # any tensor of each element type: only their pointer types are used
-        beta1, beta2, one_minus_beta1, one_minus_beta2, eps, neg_step_size, neg_decay,
+        NEG_STEP, NEG_DECAY,  # (T,) fp32: -step_size of tensor i; (1,) fp32: -lr * weight_decay
+        beta1, beta2, one_minus_beta1, one_minus_beta2, eps,
         ALIGNED: tl.constexpr, HAS_DECAY: tl.constexpr, BLOCK: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -70,6 +76,10 @@ if triton is not None:
         m_ptr = tl.load(row + 2).to(M_LIKE.dtype)
         v_ptr = tl.load(row + 3).to(V_LIKE.dtype)
         n = tl.load(row + 4)
+        neg_step_size = tl.load(NEG_STEP + tensor)
+        neg_decay = 0.0
+        if HAS_DECAY:
+            neg_decay = tl.load(NEG_DECAY)
         if ALIGNED:  # every address is a multiple of 16 bytes: allow vector loads
             p_ptr = tl.multiple_of(p_ptr, 16)
             g_ptr = tl.multiple_of(g_ptr, 16)
@@ -129,11 +139,21 @@ def _remember(cache: OrderedDict, key: tuple, build) -> torch.Tensor:
     return hit
 
 
+_captured: list[tuple[torch.Tensor, torch.Tensor]] = []  # (pinned source, device copy) of tables made in a CUDA graph
+
+
 def _to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host table on `device`. To a GPU through pinned memory, asynchronously: a copy from pageable
-    memory would make the host wait for every kernel queued before it (the whole backward)."""
+    memory would make the host wait for every kernel queued before it (the whole backward).
+
+    A copy made while a CUDA graph is being captured is replayed from the same pinned block, into
+    the same device block, at every replay: both are kept for the life of the process."""
     if device.type == "cuda":
-        return table.pin_memory().to(device, non_blocking=True)  # torch keeps the pinned block until the copy ran
+        pinned = table.pin_memory()
+        copy = pinned.to(device, non_blocking=True)  # torch keeps the pinned block until the copy ran
+        if torch.cuda.is_current_stream_capturing():
+            _captured.append((pinned, copy))
+        return copy
     return table.to(device)
 
 
@@ -173,8 +193,8 @@ def adamw_step(
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     *,
-    step: int,
-    lr: float,
+    step: int | torch.Tensor,
+    lr: float | torch.Tensor,
     beta1: float,
     beta2: float,
     eps: float,
@@ -182,11 +202,12 @@ def adamw_step(
     correct_bias: bool,
     backend: str = "auto",
 ) -> None:
+    """One AdamW step; `step` and `lr` as in `reference.adamw_step` (ints and floats, or device tensors)."""
     if not params:
         return
-    hyper = dict(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
     if resolve_backend(backend, *params, op="adamw_step") == "torch":
-        return reference.adamw_step(params, grads, exp_avgs, exp_avg_sqs, **hyper)
+        return reference.adamw_step(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, beta1=beta1,
+                                    beta2=beta2, eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
     if triton is None:
         raise RuntimeError("adamw_step: backend='triton' needs the `triton` package")
     if not (len(params) == len(grads) == len(exp_avgs) == len(exp_avg_sqs)):
@@ -194,26 +215,44 @@ def adamw_step(
             f"adamw_step: params, grads, exp_avgs and exp_avg_sqs must have the same length, got "
             f"{len(params)}, {len(grads)}, {len(exp_avgs)}, {len(exp_avg_sqs)}"
         )
-    groups: dict[tuple, list] = {}
-    rest: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    for quad in zip(params, grads, exp_avgs, exp_avg_sqs):
+    device = params[0].device
+    sizes, decay = reference.adamw_scalars(step, lr, count=len(params), beta1=beta1, beta2=beta2,
+                                           weight_decay=weight_decay, correct_bias=correct_bias, device=device)
+    groups: dict[tuple, list[int]] = {}  # (device, dtypes) -> indices of the tensors the kernel takes
+    rest: list[int] = []
+    for i, quad in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         if not _kernel_takes(*quad):
-            rest.append(quad)
+            rest.append(i)
         elif quad[0].numel() > 0:
-            groups.setdefault((quad[0].device,) + tuple(t.dtype for t in quad), []).append(quad)
+            groups.setdefault((quad[0].device,) + tuple(t.dtype for t in quad), []).append(i)
     if rest:
-        reference.adamw_step(*(list(t) for t in zip(*rest)), **hyper)
-
-    step_size = lr
-    if correct_bias:
-        step_size = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
-    for tensors in groups.values():
+        reference.apply_adamw(*_pick((params, grads, exp_avgs, exp_avg_sqs), rest), _select(sizes, rest), decay,
+                              beta1=beta1, beta2=beta2, eps=eps)
+    if not groups:
+        return
+    neg_sizes = (-sizes).to(torch.float32)  # (T,): the kernel's arithmetic is fp32, as with host floats
+    if isinstance(decay, torch.Tensor):
+        neg_decay = (-decay).to(torch.float32).reshape(1)
+    else:  # a fill, not a copy from the host
+        neg_decay = torch.full((1,), -decay, dtype=torch.float32, device=device)
+    for indices in groups.values():
+        tensors = list(zip(*_pick((params, grads, exp_avgs, exp_avg_sqs), indices)))
         table, blocks, aligned = _tables_for(tensors)
         p0, g0, m0, v0 = tensors[0]
         launch(
             "adamw.step", _adamw_kernel, (blocks.shape[0],),
-            table, blocks, p0, g0, m0, v0,
+            table, blocks, p0, g0, m0, v0, _select(neg_sizes, indices), neg_decay,
             float(beta1), float(beta2), 1.0 - beta1, 1.0 - beta2, float(eps),
-            -float(step_size), -float(lr * weight_decay),
             ALIGNED=aligned, HAS_DECAY=weight_decay != 0.0, BLOCK=BLOCK, num_warps=_NUM_WARPS,
         )
+
+
+def _pick(lists: tuple[list, ...], indices: list[int]) -> tuple[list, ...]:
+    return tuple([items[i] for i in indices] for items in lists)
+
+
+def _select(values: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    """values[indices] without sending an index tensor to the device (a host-to-device copy)."""
+    if indices == list(range(values.numel())):
+        return values
+    return torch.stack([values[i] for i in indices])

@@ -19,8 +19,11 @@ defined as 0 and its gradients are 0.
 
 Dropout. As BERT trains it: on the probabilities, kept ones scaled by 1 / (1 - p). The keep
 mask is never stored: element (b, h, i, j) is kept when a uniform number from Philox, keyed by
-the seed and b * H + h with counter i * L + j, is >= p. The seed is drawn from torch's CPU
-generator, so `torch.manual_seed` makes runs reproducible, and the backward regenerates the
+the seed and b * H + h with counter i * L + j, is >= p. The seed is a one-element int64 tensor
+on q's device, drawn there by torch's generator of that device (so `torch.manual_seed` makes
+runs reproducible) and read by the kernels from memory: no launch argument changes from call to
+call, and a CUDA graph that replays the call draws a new seed each replay (the generator's
+offset advances on every replay). The backward reads the same seed tensor and regenerates the
 forward's mask exactly. `_attention_dropout_mask` materialises the same mask for tests.
 
 Launches. Block sizes come from `launch_config` (a per-architecture table; tuning is an opt-in
@@ -61,14 +64,14 @@ def _dropout_keep(seed, bh, rows, cols, L, dropout_p):
     return tl.rand(key, rows * L + cols) >= dropout_p
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, O, LSE, MASK, KV_LEN,
+    Q, K, V, O, LSE, MASK, KV_LEN, SEED,
     stride_qb, stride_qh, stride_ql, stride_qd,
     stride_kb, stride_kh, stride_kl, stride_kd,
     stride_vb, stride_vh, stride_vl, stride_vd,
     stride_ob, stride_oh, stride_ol, stride_od,
-    H, L, qk_scale, dropout_p, drop_scale, seed,
+    H, L, qk_scale, dropout_p, drop_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -77,6 +80,7 @@ def _attn_fwd_kernel(
     bh = tl.program_id(1)
     off_b = bh // H
     off_h = bh % H
+    seed = tl.load(SEED) if HAS_DROPOUT else 0  # read from memory: the same launch serves every step
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
@@ -155,16 +159,16 @@ def _attn_bwd_delta_kernel(
     tl.store(DELTA + bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, MASK, KV_LEN,
+    Q, K, V, DO, DK, DV, LSE, DELTA, MASK, KV_LEN, SEED,
     stride_qb, stride_qh, stride_ql, stride_qd,
     stride_kb, stride_kh, stride_kl, stride_kd,
     stride_vb, stride_vh, stride_vl, stride_vd,
     stride_dob, stride_doh, stride_dol, stride_dod,
     stride_dkb, stride_dkh, stride_dkl, stride_dkd,
     stride_dvb, stride_dvh, stride_dvl, stride_dvd,
-    H, L, qk_scale, sm_scale, dropout_p, drop_scale, seed,
+    H, L, qk_scale, sm_scale, dropout_p, drop_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -174,6 +178,7 @@ def _attn_bwd_dkdv_kernel(
     bh = tl.program_id(1)
     off_b = bh // H
     off_h = bh % H
+    seed = tl.load(SEED) if HAS_DROPOUT else 0  # read from memory: the same launch serves every step
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -230,15 +235,15 @@ def _attn_bwd_dkdv_kernel(
              + offs_n[:, None] * stride_dvl + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, DO, DQ, LSE, DELTA, MASK, KV_LEN,
+    Q, K, V, DO, DQ, LSE, DELTA, MASK, KV_LEN, SEED,
     stride_qb, stride_qh, stride_ql, stride_qd,
     stride_kb, stride_kh, stride_kl, stride_kd,
     stride_vb, stride_vh, stride_vl, stride_vd,
     stride_dob, stride_doh, stride_dol, stride_dod,
     stride_dqb, stride_dqh, stride_dql, stride_dqd,
-    H, L, qk_scale, sm_scale, dropout_p, drop_scale, seed,
+    H, L, qk_scale, sm_scale, dropout_p, drop_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -248,6 +253,7 @@ def _attn_bwd_dq_kernel(
     bh = tl.program_id(1)
     off_b = bh // H
     off_h = bh % H
+    seed = tl.load(SEED) if HAS_DROPOUT else 0  # read from memory: the same launch serves every step
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
@@ -295,13 +301,14 @@ def _attn_bwd_dq_kernel(
              + offs_m[:, None] * stride_dql + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=q_mask)
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _dropout_mask_kernel(
-    OUT, H, L, dropout_p, seed,
+    OUT, SEED, H, L, dropout_p,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Write the keep-mask the attention kernels use, as int8, into a contiguous (B, H, L, L)."""
     bh = tl.program_id(2)
+    seed = tl.load(SEED)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     keep = _dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], L, dropout_p)
@@ -346,16 +353,17 @@ def _common(q: torch.Tensor, mask: torch.Tensor | None, dropout_p: float) -> dic
     }
 
 
-def _forward(q, k, v, mask, kv_len, sm_scale, dropout_p, seed):
+def _forward(q, k, v, mask, kv_len, sm_scale, dropout_p, seed):  # seed: (1,) int64 on q's device
     B, H, L, D = q.shape
     o = torch.empty_like(q)  # keeps q's layout: a transposed (B, L, H, D) view stays one
     lse = torch.empty((B * H, L), device=q.device, dtype=torch.float32)
     mask_arg = mask if mask is not None else lse  # never read without HAS_MASK
     kv_arg = kv_len if kv_len is not None else lse
+    seed_arg = seed if seed is not None else lse  # never read without HAS_DROPOUT
     args = (
-        q, k, v, o, lse, mask_arg, kv_arg,
+        q, k, v, o, lse, mask_arg, kv_arg, seed_arg,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        H, L, sm_scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p), seed,
+        H, L, sm_scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p),
     )
     _launch("fwd", "BLOCK_M", q, args, **_common(q, mask, dropout_p))
     return o, lse
@@ -373,16 +381,18 @@ def _backward(do, q, k, v, o, lse, mask, kv_len, sm_scale, dropout_p, seed):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     mask_arg = mask if mask is not None else lse
     kv_arg = kv_len if kv_len is not None else lse
-    tail = (H, L, sm_scale * LOG2E, sm_scale, dropout_p, 1.0 / (1.0 - dropout_p), seed)
+    seed_arg = seed if seed is not None else lse
+    tail = (H, L, sm_scale * LOG2E, sm_scale, dropout_p, 1.0 / (1.0 - dropout_p))
     in_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     _launch(
         "dkdv", "BLOCK_N", q,
-        (q, k, v, do, dk, dv, lse, delta, mask_arg, kv_arg, *in_strides, *_strides(dk), *_strides(dv), *tail),
+        (q, k, v, do, dk, dv, lse, delta, mask_arg, kv_arg, seed_arg, *in_strides, *_strides(dk), *_strides(dv),
+         *tail),
         **common,
     )
     _launch(
         "dq", "BLOCK_M", q,
-        (q, k, v, do, dq, lse, delta, mask_arg, kv_arg, *in_strides, *_strides(dq), *tail),
+        (q, k, v, do, dq, lse, delta, mask_arg, kv_arg, seed_arg, *in_strides, *_strides(dq), *tail),
         **common,
     )
     return dq, dk, dv
@@ -393,16 +403,16 @@ class _FlashAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, mask, kv_len, sm_scale, dropout_p, seed):
         with autocast.off(q.device.type):
             o, lse = _forward(q, k, v, mask, kv_len, sm_scale, dropout_p, seed)
-        ctx.save_for_backward(q, k, v, o, lse, mask, kv_len)
-        ctx.sm_scale, ctx.dropout_p, ctx.seed = sm_scale, dropout_p, seed
+        ctx.save_for_backward(q, k, v, o, lse, mask, kv_len, seed)  # the seed tensor: the backward's mask
+        ctx.sm_scale, ctx.dropout_p = sm_scale, dropout_p
         return o
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
-        q, k, v, o, lse, mask, kv_len = ctx.saved_tensors
+        q, k, v, o, lse, mask, kv_len, seed = ctx.saved_tensors
         with autocast.off(q.device.type):
-            dq, dk, dv = _backward(do, q, k, v, o, lse, mask, kv_len, ctx.sm_scale, ctx.dropout_p, ctx.seed)
+            dq, dk, dv = _backward(do, q, k, v, o, lse, mask, kv_len, ctx.sm_scale, ctx.dropout_p, seed)
         return dq, dk, dv, None, None, None, None, None
 
 
@@ -451,9 +461,22 @@ def _prepare_mask(attention_mask: torch.Tensor | None) -> tuple[torch.Tensor | N
     return real.to(torch.int32).contiguous(), kv_len
 
 
-def _draw_seed() -> int:
-    """A dropout seed from torch's CPU generator (so `torch.manual_seed` fixes it); no GPU sync."""
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+def _draw_seed(device: torch.device | str) -> torch.Tensor:  # (1,) int64
+    """A dropout seed drawn on `device` by its torch generator (so `torch.manual_seed` fixes it):
+    nothing reaches the host, and under CUDA-graph replay each replay draws anew."""
+    return torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=device)
+
+
+def _seed_tensor(seed: int | torch.Tensor, device: torch.device) -> torch.Tensor:  # (1,) int64
+    """The seed as the kernels read it; an int (tests) becomes a tensor on `device`."""
+    if not isinstance(seed, torch.Tensor):
+        return torch.tensor([int(seed)], dtype=torch.int64, device=device)
+    device = torch.device(device)
+    elsewhere = seed.device.type != device.type or device.index is not None and seed.device.index != device.index
+    if seed.numel() != 1 or seed.dtype != torch.int64 or elsewhere:
+        raise ValueError(f"attention: a dropout seed tensor must be one int64 on {device}, "
+                         f"got {seed.dtype} of shape {tuple(seed.shape)} on {seed.device}")
+    return seed.reshape(1)
 
 
 def _attention_with_seed(
@@ -463,7 +486,7 @@ def _attention_with_seed(
     attention_mask: torch.Tensor | None,  # (B, L)
     sm_scale: float | None,
     dropout_p: float,
-    seed: int,
+    seed: int | torch.Tensor,  # an int, or (1,) int64 on q's device
 ) -> torch.Tensor:  # (B, H, L, D)
     """The Triton path with an explicit dropout seed (tests pair it with `_attention_dropout_mask`).
 
@@ -475,16 +498,17 @@ def _attention_with_seed(
     _check_inputs(q, k, v, attention_mask, dropout_p)
     scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
     mask, kv_len = _prepare_mask(attention_mask)
-    return _FlashAttention.apply(q, k, v, mask, kv_len, scale, float(dropout_p), int(seed))
+    seed = _seed_tensor(seed, q.device) if dropout_p > 0.0 else None
+    return _FlashAttention.apply(q, k, v, mask, kv_len, scale, float(dropout_p), seed)
 
 
-def _attention_dropout_mask(seed: int, B: int, H: int, L: int, p: float, device) -> torch.Tensor:
+def _attention_dropout_mask(seed: int | torch.Tensor, B: int, H: int, L: int, p: float, device) -> torch.Tensor:
     """The (B, H, L, L) bool keep-mask the kernels use for `seed` and rate `p` (for tests)."""
     out = torch.empty((B, H, L, L), dtype=torch.int8, device=device)
     block = 64
     launch(
         "attention.dropout_mask", _dropout_mask_kernel, (triton.cdiv(L, block), triton.cdiv(L, block), B * H),
-        out, H, L, float(p), int(seed), BLOCK_M=block, BLOCK_N=block,
+        out, _seed_tensor(seed, torch.device(device)), H, L, float(p), BLOCK_M=block, BLOCK_N=block,
     )
     return out.bool()
 
@@ -505,5 +529,5 @@ def attention(
     """
     if resolve_backend(backend, q, op="attention") == "torch":
         return reference.attention(q, k, v, attention_mask, sm_scale, dropout_p)
-    seed = _draw_seed() if dropout_p > 0.0 else 0
+    seed = _draw_seed(q.device) if dropout_p > 0.0 else None
     return _attention_with_seed(q, k, v, attention_mask, sm_scale, dropout_p, seed)

@@ -55,6 +55,43 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return F.gelu(x + bias)
 
 
+def adamw_scalars(
+    step: int | torch.Tensor,
+    lr: float | torch.Tensor,
+    *,
+    count: int,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    correct_bias: bool,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """(step sizes (count,), decay lr * weight_decay) of one AdamW step, float64, computed on `device`.
+
+    `step` is this update's step count (1 for the first): an int, or a device tensor that is 0-d
+    (shared) or holds one count per tensor. `lr` is a float or a 0-d device tensor. Nothing is
+    read back to the host, so a CUDA graph that replays the step reads the counts and the rate
+    of that replay. The arithmetic is float64, like the host's, so a count or rate that lives on
+    the device gives the step size a host float would, rounded once to the tensors' precision.
+    """
+    if isinstance(step, torch.Tensor):
+        if step.dim() > 1 or step.dim() == 1 and step.numel() != count:
+            raise ValueError(f"adamw_step: step must be an int, a 0-d tensor or one count per tensor ({count}), "
+                             f"got shape {tuple(step.shape)}")
+        steps = step.to(device=device, dtype=torch.float64).expand(count)  # (T,)
+    else:
+        steps = torch.full((count,), float(step), dtype=torch.float64, device=device)  # (T,)
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"adamw_step: lr must be a float or a one-element tensor, got shape {tuple(lr.shape)}")
+        lr = lr.to(device=device, dtype=torch.float64).reshape(())
+    if correct_bias:
+        sizes = lr * torch.sqrt(1.0 - torch.pow(beta2, steps)) / (1.0 - torch.pow(beta1, steps))
+    else:
+        sizes = torch.zeros_like(steps) + lr
+    return sizes, (lr * weight_decay if weight_decay != 0.0 else 0.0)
+
+
 @torch.no_grad()
 def adamw_step(
     params: list[torch.Tensor],
@@ -62,24 +99,45 @@ def adamw_step(
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     *,
-    step: int,
-    lr: float,
+    step: int | torch.Tensor,
+    lr: float | torch.Tensor,
     beta1: float,
     beta2: float,
     eps: float,
     weight_decay: float,
     correct_bias: bool,
 ) -> None:
-    """One in-place AdamW step over many tensors that share hyper-parameters and a step count.
+    """One in-place AdamW step over many tensors that share hyper-parameters.
 
     Moments:      m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
     Step size:    lr * sqrt(1 - b2^t) / (1 - b1^t)   ("efficient" bias correction, Kingma & Ba)
     Update:       p -= step_size * m / (sqrt(v) + eps)
     Decay:        p -= lr * weight_decay * p          (decoupled, after the Adam update)
+
+    `step` (t) and `lr` may be device tensors (see `adamw_scalars`): then nothing waits for the
+    device, and the step can be captured in a CUDA graph.
     """
-    step_size = lr
-    if correct_bias:
-        step_size = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+    if not params:
+        return
+    sizes, decay = adamw_scalars(step, lr, count=len(params), beta1=beta1, beta2=beta2,
+                                 weight_decay=weight_decay, correct_bias=correct_bias, device=params[0].device)
+    apply_adamw(params, grads, exp_avgs, exp_avg_sqs, sizes, decay, beta1=beta1, beta2=beta2, eps=eps)
+
+
+@torch.no_grad()
+def apply_adamw(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    step_sizes: torch.Tensor,  # (T,) float64, one per tensor
+    decay: torch.Tensor | float,  # lr * weight_decay
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
+    """`adamw_step` with its step sizes and decay already computed (the Triton launcher's fallback)."""
     # Multi-tensor (foreach) ops: the same math, a handful of launches for the whole list.
     torch._foreach_mul_(exp_avgs, beta1)
     torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
@@ -87,6 +145,9 @@ def adamw_step(
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
     denominators = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denominators, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denominators, value=-step_size)
-    if weight_decay != 0.0:
-        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+    # p + m / ((sqrt(v) + eps) / -step_size): each tensor's step size comes from the device, so it
+    # divides the denominators (one small op per tensor) rather than being a host scalar.
+    torch._foreach_div_(denominators, list((-step_sizes).unbind()))
+    torch._foreach_addcdiv_(params, exp_avgs, denominators)
+    if isinstance(decay, torch.Tensor) or decay != 0.0:
+        torch._foreach_mul_(params, 1.0 - decay)

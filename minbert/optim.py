@@ -3,6 +3,12 @@
 Differences from `torch.optim.AdamW`, on purpose: the "efficient" bias correction folds both
 corrections into the step size (so eps is not rescaled), and weight decay is applied after
 the Adam update. With weight_decay=0 and a negligible eps the two coincide.
+
+Capture-safe: each parameter's step count is a float32 tensor on its device (as in PyTorch's
+capturable optimizers), advanced there, and the bias corrections are computed there; `lr` may be
+a 0-d device tensor that the caller rewrites in place (a schedule). A step therefore never waits
+for the device, and a CUDA graph that captured it advances the counts and reads the rate of each
+replay.
 """
 
 from __future__ import annotations
@@ -18,15 +24,17 @@ class AdamW(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[torch.nn.Parameter] | Iterable[dict],
-        lr: float = 1e-3,
+        lr: float | torch.Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-6,
         weight_decay: float = 0.0,
         correct_bias: bool = True,
         backend: str = "auto",
     ) -> None:
-        if not lr >= 0.0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError(f"lr must be a float or a one-element tensor, got shape {tuple(lr.shape)}")
+        if not float(lr) >= 0.0:  # a tensor is read once, here
+            raise ValueError(f"lr must be >= 0, got {float(lr)}")
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         for index, beta in enumerate(betas):
@@ -49,8 +57,7 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            # Tensors that share a step count go to the kernel together: one launch, many tensors.
-            by_step: dict[int, tuple[list, list, list, list]] = {}
+            params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
@@ -58,18 +65,29 @@ class AdamW(torch.optim.Optimizer):
                     raise RuntimeError("AdamW does not support sparse gradients")
                 state = self.state[p]
                 if not state:
-                    state["step"] = 0
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                lists = by_step.setdefault(state["step"], ([], [], [], []))
-                for bucket, tensor in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"])):
+                for bucket, tensor in zip((params, grads, exp_avgs, exp_avg_sqs, steps),
+                                          (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
                     bucket.append(tensor)
+            if not params:
+                continue
+            torch._foreach_add_(steps, 1.0)
             beta1, beta2 = group["betas"]
-            for step, (params, grads, exp_avgs, exp_avg_sqs) in by_step.items():
-                kernels.adamw_step(
-                    params, grads, exp_avgs, exp_avg_sqs,
-                    step=step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                    weight_decay=group["weight_decay"], correct_bias=group["correct_bias"], backend=self.backend,
-                )
+            # One call for the group: each tensor brings its own count (tensors that skipped steps,
+            # e.g. another task's head, are behind), so no host grouping by count is needed.
+            kernels.adamw_step(
+                params, grads, exp_avgs, exp_avg_sqs,
+                step=torch.stack(steps), lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                weight_decay=group["weight_decay"], correct_bias=group["correct_bias"], backend=self.backend,
+            )
         return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Also takes checkpoints that kept the step count as an int, and puts every count on its
+        parameter's device as float32."""
+        super().load_state_dict(state_dict)
+        for p, state in self.state.items():
+            if "step" in state:
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device).reshape(())

@@ -29,14 +29,14 @@ from bench.prediction import predict
 from bench.report import report
 from bench.sweep import GRID_FIELDS, SET_BY_SWEEP, SweepConfig, run_sweep, shard_results_path, sweep_from_args
 from multitask.accounting import account_model
-from multitask.config import TrainConfig
+from multitask.config import TrainConfig, head_config
 from multitask.devices import init_distributed_from_env, resolve_device
 from multitask.data import DataError
 from multitask.download import SOURCES, DownloadError, download
 from multitask.encoders import build_encoder
 from multitask.environment import device_name
 from multitask.export import export_task
-from multitask.model import HeadConfig, MultitaskBert
+from multitask.model import MultitaskBert
 from multitask.precision import resolve_precision
 from multitask.prefix_cache import predict_bytes
 from multitask.sharing import parse_plan
@@ -68,16 +68,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     config = TrainConfig(**config_settings(args))
     pretrained = build_encoder(config)  # a checkpoint, or `random` at --hidden-size x --num-layers
     plan = parse_plan(args.plan, config.tasks, pretrained.config.num_hidden_layers)
-    model = MultitaskBert(pretrained, plan, make_tasks(config.tasks, "demo"), HeadConfig(config.pair_encoding),
-                          config.lora())
+    model = MultitaskBert(pretrained, plan, make_tasks(config.tasks, "demo"), head_config(config), config.lora())
     precision = resolve_precision(config.precision, resolve_device(config.device))
     length = args.length or config.max_length
-    prediction = predict(model, config.batch_size, length, precision, config.backend, config.pair_encoding,
-                         args.examples)
+    prediction = predict(model, config.batch_size, length, precision, config.backend, args.examples)
     if args.json:
         print(json.dumps({"plan": str(plan), "tasks": config.tasks, **prediction.as_dict()}, indent=2))
         return 0
     print(plan.describe())
+    if config.pooling != "pooler":
+        print(f"pooling: {config.pooling} (no weights), in place of the pooler row above")
     accounting = account_model(model)
     mib = lambda n: f"{n / 2**20:,.1f} MiB"  # noqa: E731
     print(f"\nparameters: {accounting['unique_params']:,} unique, {accounting['trainable_params']:,} trainable")
@@ -208,7 +208,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
     precision = resolve_precision(config.precision, resolve_device(config.device))
     groupings = task_groupings(config.tasks) if args.groups else ()
     candidates = predict_candidates(pretrained, tasks, config.batch_size, config.max_length, precision,
-                                    config.pair_encoding,
+                                    head_config(config),
                                     candidate_plans(pretrained.config.num_hidden_layers, groupings=groupings))
     probed = shortlist(candidates, budget, args.candidates)
     fitting = sum(c.prediction.peak_bytes <= budget for c in candidates)
@@ -290,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--examples", type=int, default=None,
                       help="training + dev examples, to size the frozen-prefix cache (a siamese pair counts twice)")
     plan.add_argument("--mean-length", type=float, default=32.0, help="mean tokens per example (default: 32)")
-    add_config_options(plan, only=("batch_size", "precision", "backend", "pair_encoding", "device", "lora_rank",
-                                   "lora_alpha", "lora_dropout", "lora_targets"))
+    add_config_options(plan, only=("batch_size", "precision", "backend", "pair_encoding", "pooling", "cosine_tasks",
+                                   "device", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"))
     plan.add_argument("--length", type=int, default=None,
                       help="padded tokens per example (a joint pair's; default: --max-length's default, 128)")
     plan.add_argument("--json", action="store_true", help="print the prediction as one JSON object")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-ADAM_STATES = 2  # AdamW keeps two moments per trainable parameter
+ADAM_STATES = 2  # AdamW keeps two moments per trainable parameter (and a 4-byte step count per tensor, not counted)
 
 
 @dataclass

@@ -15,11 +15,15 @@ from typing import Any
 from kernels import BACKENDS
 
 from .lora import LORA_TARGETS, LoRAConfig
-from .model import PAIR_ENCODINGS
+from .data import TASK_KINDS
+from .model import PAIR_ENCODINGS, POOLINGS, HeadConfig
 from .precision import PRECISIONS
 from .sampling import SAMPLINGS
 from .schedule import SCHEDULES
 from .tasks import TASK_NAMES
+
+CUDA_GRAPHS = ("auto", "on", "off")
+PAIR_TASKS = tuple(name for name, kind in TASK_KINDS.items() if kind.is_pair)
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None, *,
@@ -57,7 +61,16 @@ class TrainConfig:
     sampling: str = setting("proportional", "which task each step trains", SAMPLINGS)
     pair_encoding: str = setting("joint", "sentence pairs: joint ([CLS] a [SEP] b [SEP]) or siamese "
                                           "(each sentence alone)", PAIR_ENCODINGS)
-    head_dropout: float = setting(0.1, "dropout before each task head")
+    pooling: str = setting("mean", "sentence vector the heads read: mean (of real tokens' last hidden states, as "
+                                   "the embedded checkpoint was trained), cls (the raw [CLS] state) or pooler "
+                                   "(tanh-dense over [CLS]; the plan's pooler piece exists only then)", POOLINGS)
+    cosine_tasks: list[str] = setting(factory=list, choices=PAIR_TASKS,
+                                      help="pair tasks scored by the cosine similarity of their two sentences, each "
+                                           "encoded alone, times a learned scale plus a learned shift (the other "
+                                           "pair tasks follow --pair-encoding)")
+    scale_regression: bool = setting(True, "train regression heads on targets scaled to [0, 1] (STS: 0-5); "
+                                           "predictions are reported on the label scale")
+    head_dropout: float = setting(0.1, "dropout before each linear task head")
     dropout: float | None = setting(None, "encoder dropout everywhere (default: the checkpoint's)")
     lora_rank: int = setting(8, "inner width of each LoRA update (plan letter L)")
     lora_alpha: float = setting(16.0, "LoRA scaling numerator: updates are scaled by alpha / rank")
@@ -67,7 +80,8 @@ class TrainConfig:
                                            "always adapts its dense layer)")
     eval_every: int | None = setting(None, "steps between dev evaluations (default: once per epoch)")
     max_train_examples: int | None = setting(None, "cap each training set (quick looks; default: the whole set)")
-    max_eval_examples: int | None = setting(None, "cap each dev set (quick looks; default: the whole set)")
+    max_eval_examples: int | None = setting(None, "cap each dev set at a random sample of this many (the same for "
+                                                                   "every run; quick looks; default: the whole set)")
     seed: int = setting(0, "seed of initialisation, batching and dropout")
     backend: str = setting("auto", "kernels for the encoder: auto (per op, the one measured faster on this "
                                    "GPU; PyTorch where nothing was measured and on the CPU), torch, or triton",
@@ -83,9 +97,14 @@ class TrainConfig:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     out_dir: str = setting("runs/latest", "run folder: last.pt, best.pt, results.json", flag="--out")
     progress: bool = setting(True, "no progress bars", flag="--quiet")
+    cuda_graphs: str = setting("auto", "replay each training and evaluation step as a CUDA graph: on, off, or auto "
+                                       "(on only where a committed GPU measurement shows it faster)", CUDA_GRAPHS)
+    check_every: int = setting(25, "steps between reads of the device-side loss check and the progress bar's "
+                                   "loss (each read waits for the GPU)")
 
     # Fields that may change between a run and its resumption (budgets and cosmetics).
-    RESUMABLE_CHANGES = ("epochs", "steps", "seconds", "progress", "eval_every", "device", "cache_frozen")
+    RESUMABLE_CHANGES = ("epochs", "steps", "seconds", "progress", "eval_every", "device", "cache_frozen",
+                         "cuda_graphs", "check_every")
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.seconds is None:
@@ -112,7 +131,11 @@ class TrainConfig:
             raise ValueError(f"lora_targets names no layer; choose from {', '.join(LORA_TARGETS)}")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
-        for name in ("batch_size", "max_length"):
+        absent = [name for name in self.cosine_tasks if name not in self.tasks]
+        if absent:
+            raise ValueError(f"cosine_tasks names {', '.join(absent)}, which the run does not train "
+                             f"(tasks: {', '.join(self.tasks)})")
+        for name in ("batch_size", "max_length", "check_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("epochs", "steps", "seconds", "eval_every", "max_train_examples", "max_eval_examples",
@@ -128,3 +151,9 @@ class TrainConfig:
     def identity(self) -> dict:
         """The settings a resumed run must share with the run that wrote the checkpoint."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESUMABLE_CHANGES}
+
+
+def head_config(config: TrainConfig) -> HeadConfig:
+    """How the model reads the encoder and what its task heads are, from the training settings."""
+    return HeadConfig(config.pair_encoding, config.head_dropout, config.pooling, tuple(config.cosine_tasks),
+                      config.scale_regression)

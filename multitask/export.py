@@ -4,7 +4,10 @@ The folder holds what `transformers.BertModel.from_pretrained` and minBERT's own
 `BertModel.from_pretrained` read: `config.json`, `model.safetensors` (the task's copy of every
 piece, each LoRA update merged into its base weight, each BitFit bias and norm in place),
 `vocab.txt` and the tokenizer files of the run's checkpoint. The task's head goes beside it in
-`head.safetensors` (`weight`, `bias`), described by `head.json`.
+`head.safetensors` (`weight`, `bias` of a linear head; `scale`, `shift` of a cosine head),
+described by `head.json`, which also names the pooling the head reads. A run that pooled
+without the pooler (mean, cls) never used one: the folder carries the starting checkpoint's
+pooler (a random encoder's own), so it stays a complete BERT checkpoint.
 
 The weights come from the run's `best.pt`: the state with the best overall dev score. Every check
 runs before anything is written; the files go to a temporary folder beside the target, each
@@ -25,9 +28,9 @@ from safetensors.torch import save
 
 from common.files import atomic_write
 from minbert import BertConfig, BertModel, resolve_checkpoint_dir, save_pretrained
-from minbert.checkpoint import CheckpointError, embedded_checkpoint_dir, load_state_into
+from minbert.checkpoint import CheckpointError, embedded_checkpoint_dir, load_state_into, read_checkpoint
 
-from .config import TrainConfig
+from .config import TrainConfig, head_config
 from .lora import merge
 from .model import state_prefix
 from .sharing import parse_plan
@@ -62,8 +65,11 @@ def export_task(run_dir: str | os.PathLike, task: str, out_dir: str | os.PathLik
 
     bert_config, tokenizer_dir = _encoder_source(config)
     plan = parse_plan(saved["plan"], saved["tasks"], bert_config.num_hidden_layers)
-    state = task_encoder_state(saved["model"], plan, task, config.lora_alpha / config.lora_rank)
+    with_pooler = config.pooling == "pooler"
+    state = task_encoder_state(saved["model"], plan, task, config.lora_alpha / config.lora_rank, with_pooler)
     encoder = BertModel(bert_config, backend="torch")
+    if not with_pooler:
+        state.update(_starting_pooler(config, encoder))
     try:
         load_state_into(encoder, state, f"{run_dir / BEST_FILE} (task {task})")
     except CheckpointError as err:
@@ -93,11 +99,13 @@ def export_task(run_dir: str | os.PathLike, task: str, out_dir: str | os.PathLik
 
 
 def task_encoder_state(model_state: dict[str, torch.Tensor], plan, task: str,
-                       lora_scaling: float) -> dict[str, torch.Tensor]:
+                       lora_scaling: float, with_pooler: bool = True) -> dict[str, torch.Tensor]:
     """The Hugging Face-named encoder weights `task` runs through in a MultitaskBert state dict:
-    its copy of every piece, with each LoRA update merged into its base weight."""
+    its copy of every piece (the pooler only `with_pooler`), each LoRA update merged into its base."""
     state: dict[str, torch.Tensor] = {}
     for piece, assignment in plan.pieces():
+        if piece == "pooler" and not with_pooler:
+            continue
         prefix = state_prefix(piece, assignment.key_of(task))
         target = "encoder." + piece + "." if piece.startswith("layer.") else piece + "."
         own = {name[len(prefix):]: tensor for name, tensor in model_state.items() if name.startswith(prefix)}
@@ -111,6 +119,16 @@ def task_encoder_state(model_state: dict[str, torch.Tensor], plan, task: str,
                 tensor = merge(tensor, own[f"{stem}.lora_A"], own[f"{stem}.lora_B"], lora_scaling)
             state[target + name] = tensor.detach().cpu().contiguous()
     return state
+
+
+def _starting_pooler(config: TrainConfig, encoder: BertModel) -> dict[str, torch.Tensor]:
+    """The pooler weights the run started from and never used: the checkpoint's, or a random
+    encoder's freshly initialised ones."""
+    if config.checkpoint == "random":
+        source = encoder.state_dict()
+    else:
+        _, source, _ = read_checkpoint(config.checkpoint)
+    return {k: v.detach().cpu().contiguous() for k, v in source.items() if k.startswith("pooler.")}
 
 
 def _read_run(run_dir: Path) -> tuple[dict, TrainConfig]:
@@ -146,23 +164,39 @@ def _encoder_source(config: TrainConfig) -> tuple[BertConfig, Path]:
 
 def _head(saved: dict, config: TrainConfig, task: str) -> tuple[dict[str, torch.Tensor], dict]:
     """The task head's weights and the JSON that says how to apply them."""
-    prefix = f"heads.{task}.linear."
+    (record,) = make_tasks([task], config.data)
+    siamese = head_config(config).siamese(record)
+    cosine = task in config.cosine_tasks
+    prefix = f"heads.{task}." if cosine else f"heads.{task}.linear."
     state = {name.removeprefix(prefix): t.detach().cpu().contiguous()
              for name, t in saved["model"].items() if name.startswith(prefix)}
-    (record,) = make_tasks([task], config.data)
-    siamese = record.pair and config.pair_encoding == "siamese"
+    pooled = {"pooler": "pooler_output", "cls": "last_hidden_state[:, 0]",
+              "mean": "the mean of last_hidden_state over the tokens attention_mask marks real"}[config.pooling]
+    if cosine:
+        weights = f"{HEAD_WEIGHTS}: scale (), shift (); score = scale * cosine(u, v) + shift"
+        output = ("regression score" if record.kind == "regression"
+                  else "the logit of class 1 (class 0's is 0)")
+    else:
+        weights = (f"{HEAD_WEIGHTS}: weight ({state['weight'].shape[0]}, {state['weight'].shape[1]}), "
+                   f"bias ({state['bias'].shape[0]},); outputs = input @ weight.T + bias")
+        output = "regression score" if record.kind == "regression" else "class logits (argmax = label)"
+    if record.kind == "regression" and config.scale_regression:
+        low, high = record.label_range
+        output += f" on [0, 1]: the label is {low:g} + {high - low:g} * score"
     info = {
         "task": task,
         "kind": record.kind,
         "num_labels": record.num_labels,
         "metric": record.metric,
         "pair": record.pair,
-        "pair_encoding": config.pair_encoding if record.pair else None,
-        "input": ("concat(u, v, |u - v|, u * v) of the pooled vectors u, v of each sentence encoded alone"
-                  if siamese else "pooler_output"),
-        "weights": f"{HEAD_WEIGHTS}: weight ({state['weight'].shape[0]}, {state['weight'].shape[1]}), "
-                   f"bias ({state['bias'].shape[0]},); outputs = input @ weight.T + bias",
-        "output": "regression score" if record.kind == "regression" else "class logits (argmax = label)",
+        "pair_encoding": ("siamese" if siamese else "joint") if record.pair else None,
+        "pooling": config.pooling,
+        "pooled": pooled,
+        "input": ("cosine(u, v) of the pooled vectors u, v of each sentence encoded alone" if cosine
+                  else "concat(u, v, |u - v|, u * v) of the pooled vectors u, v of each sentence encoded alone"
+                  if siamese else "the pooled vector"),
+        "weights": weights,
+        "output": output,
         "plan": saved["plan"],
         "tasks": list(saved["tasks"]),
         "step": saved["step"],

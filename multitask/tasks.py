@@ -25,6 +25,7 @@ class Task:
     metric: str  # "accuracy" or "pearson"
     pair: bool  # True when an example is a sentence pair
     loader: Callable[[str], list[Example]]  # split name -> examples
+    label_range: tuple[float, float] = (0.0, 1.0)  # inclusive bounds of a label (regression: its scale)
 
     @property
     def metric_key(self) -> str:
@@ -72,6 +73,7 @@ def make_tasks(names: Sequence[str], data: str | os.PathLike, demo_seed: int = 0
                 metric="pearson" if kind.is_regression else "accuracy",
                 pair=kind.is_pair,
                 loader=loader,
+                label_range=(float(kind.label_range[0]), float(kind.label_range[1])),
             )
         )
     return tasks

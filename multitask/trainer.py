@@ -3,6 +3,12 @@
 A run's directory holds `last.pt` (everything needed to resume), `best.pt` (the weights
 with the best overall dev score) and `results.json` (the run record). Every file is written
 to a temporary name and renamed into place, so a killed run never leaves a torn file.
+
+The training step (`_step`) is capture-safe: device work only, the same launches at every call.
+The host writes the step's schedule position into a device tensor before it, AdamW keeps its
+counts on the device, dropout draws its seeds there, and the loss check and the progress bar's
+loss are read from a device-side ledger every `check_every` steps, not after every step. So the
+step compiles whole (`torch.compile(fullgraph=True)`) and replays as a CUDA graph (`graphs.py`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,21 +27,23 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import kernels.adamw
 from common.files import atomic_open, atomic_write_json
 from kernels.backend import resolved_backends
 from minbert import AdamW, BertTokenizer
 
 from .accounting import account_model
 from .batching import BucketBatchSampler, Collator, token_lengths
-from .config import TrainConfig
+from .config import TrainConfig, head_config
 from .devices import rank_and_world, training_device
 from .encoders import build_encoder
 from .environment import device_name, versions
-from .model import HeadConfig, MultitaskBert
+from .graphs import CudaCapture, GraphedSteps, resolve_graphs
+from .model import MultitaskBert
 from .precision import resolve_precision
 from .prefix_cache import FrozenPrefixCache, PrefixOutput, open_cache
 from .sampling import task_at_step
-from .schedule import lr_factor
+from .schedule import lr_factor_tensor
 from .sharing import parse_plan
 from .tasks import Task, make_tasks, overall_score, score
 
@@ -61,9 +71,40 @@ class TaskData:
         return ("a", "b") if self.collate.siamese else ("a",)
 
 
+def dev_sample(dev: list, cap: int | None) -> list:
+    """At most `cap` dev examples, drawn evenly at random (seed 0, whatever the run's seed, so runs
+    that share a cap share their dev examples), in file order. The first `cap` lines of a file are
+    not a fair sample: the CS224N files are not shuffled."""
+    if cap is None or cap >= len(dev):
+        return dev
+    return [dev[i] for i in sorted(random.Random(0).sample(range(len(dev)), cap))]
+
+
 def _atomic_save(obj, path: Path) -> None:
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+class StepLedger:
+    """What the training step records on the device, for the host to read every `check_every` steps
+    (each read waits for the device; the step itself never does)."""
+
+    FIELDS = ("steps", "first_bad_step", "bad_loss", "bad_task", "skipped_steps", "loss")
+
+    def __init__(self, device: torch.device) -> None:
+        self.values = torch.tensor([0.0, -1.0, 0.0, -1.0, 0.0, math.nan], dtype=torch.float64, device=device)
+
+    def record(self, loss: torch.Tensor, task_index: int, skipped: torch.Tensor | None = None) -> None:
+        """Count a step; keep the first non-finite loss (its 1-based step and task) and fp16 skips."""
+        v, loss = self.values, loss.detach().to(torch.float64)
+        step = v[0] + 1
+        first = ~torch.isfinite(loss) & (v[1] < 0)
+        skips = v[4] + (skipped.to(torch.float64) if skipped is not None else 0.0)
+        v.copy_(torch.stack([step, torch.where(first, step, v[1]), torch.where(first, loss, v[2]),
+                             torch.where(first, float(task_index), v[3]), skips, loss]))
+
+    def read(self) -> dict[str, float]:
+        return dict(zip(self.FIELDS, self.values.tolist()))
 
 
 class Trainer:
@@ -87,16 +128,23 @@ class Trainer:
         depth = pretrained.config.num_hidden_layers
         self.plan = parse_plan(config.plan or "S" * depth, config.tasks, depth)
         self.tokenizer = BertTokenizer.from_pretrained(None if config.checkpoint == "random" else config.checkpoint)
+        self.head = head_config(config)  # pooling, pair encodings, heads
         self.data = [self._load(task) for task in tasks]
         torch.manual_seed(config.seed)  # head initialisation
         self.model = MultitaskBert(
-            pretrained, self.plan, tasks, HeadConfig(config.pair_encoding, config.head_dropout),
+            pretrained, self.plan, tasks, self.head,
             config.lora(),
         ).to(self.device)
         del pretrained
         self.cache, self.cache_plan = self._make_cache()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay, backend=config.backend)
+        self.task_names = [d.task.name for d in self.data]
+        # Device scalars the step reads: the host writes the schedule position before each step, the
+        # step turns it into the learning rate that AdamW reads.
+        self.progress = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.lr = torch.tensor(float(config.lr), dtype=torch.float64, device=self.device)
+        self.optimizer = AdamW(self.trainable, lr=self.lr, weight_decay=config.weight_decay, backend=config.backend)
+        self.ledger = StepLedger(self.device)
         self.ddp = None
         if self.distributed:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -107,6 +155,17 @@ class Trainer:
         self.batches_per_epoch = sum(math.ceil(len(d.train) / config.batch_size) for d in self.data)
         self.total_steps = self._planned_steps()
         self.eval_every = config.eval_every or self.batches_per_epoch
+        self.graphs = resolve_graphs(config.cuda_graphs, self.device, precision=self.precision.name,
+                                     distributed=self.distributed,
+                                     device_name=device_name(self.device) if self.device.type == "cuda" else None)
+        self.train_graphs = self.eval_graphs = None
+        if self.graphs.enabled:
+            capture = CudaCapture()  # one memory pool for every graph
+            self.train_graphs = GraphedSteps(self._step, "training", capture, report=self._say,
+                                             on_failure=kernels.adamw.clear_cache)
+            self.eval_graphs = GraphedSteps(self._predict, "evaluation", capture, report=self._say)
+        elif config.cuda_graphs == "on":
+            self._say(f"cuda graphs stay off: {self.graphs.reason}")
         self.state = {"step": 0, "train_seconds": 0.0, "examples": 0, "skipped_steps": 0, "epoch_seconds": [],
                       "curve": [], "best": None,
                       "positions": {d.task.name: [0, 0] for d in self.data}}  # task -> [epoch, batch index]
@@ -115,11 +174,11 @@ class Trainer:
     def _load(self, task: Task) -> TaskData:
         train, dev = task.loader("train"), task.loader("dev")
         train = train[: self.config.max_train_examples]  # a cap of None keeps them all
-        dev = dev[: self.config.max_eval_examples]
+        dev = dev_sample(dev, self.config.max_eval_examples)
         if not train:
             raise TrainingError(f"task {task.name} has no training examples")
         c = self.config
-        siamese = task.pair and c.pair_encoding == "siamese"
+        siamese = self.head.siamese(task)
         lengths = token_lengths(train, self.tokenizer, c.max_length, siamese)
         dev_lengths = token_lengths(dev, self.tokenizer, c.max_length, siamese)
         dev_batches = BucketBatchSampler(dev_lengths, 2 * c.batch_size, shuffle=False).batches()
@@ -197,9 +256,17 @@ class Trainer:
             )
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        for group in self.optimizer.param_groups:  # loading replaced the rate tensor the step writes
+            group["lr"] = self.lr
         self.scaler.load_state_dict(saved["scaler"])
         self.state = saved["state"]
+        ledger = saved.get("ledger")  # absent from checkpoints written before the ledger
+        if ledger is None:
+            ledger = [self.state["step"], -1.0, 0.0, -1.0, self.state["skipped_steps"], math.nan]
+        self.ledger.values.copy_(torch.as_tensor(ledger, dtype=torch.float64))
         torch.set_rng_state(saved["rng"])
+        if saved.get("cuda_rng") is not None and self.device.type == "cuda":  # dropout masks and seeds
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
         return True
 
     def _save_last(self) -> None:
@@ -207,8 +274,10 @@ class Trainer:
             return
         _atomic_save(
             {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-             "scaler": self.scaler.state_dict(), "state": self.state,
-             "rng": torch.get_rng_state(), "config": self.config.identity()},
+             "scaler": self.scaler.state_dict(), "state": self.state, "ledger": self.ledger.values.cpu(),
+             "rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+             "config": self.config.identity()},
             self.out_dir / LAST_FILE,
         )
 
@@ -222,17 +291,25 @@ class Trainer:
             predictions, labels = [], []
             for indices in tqdm(data.dev_batches, desc=f"eval {data.task.name}", leave=False, disable=not self._bars()):
                 inputs, batch_labels = self._inputs(data, "dev", indices)
-                with self.precision.autocast():
-                    outputs = self.model(data.task.name, **inputs)
-                predictions.append(self.model.predict(data.task.name, outputs).cpu())
-                labels.append(batch_labels.cpu())
-            metrics[data.task.metric_key] = score(data.task, torch.cat(predictions), torch.cat(labels))
+                # a graph's output is overwritten by its next replay: keep a copy
+                predictions.append((self.eval_graphs or self._predict)(data.task.name, inputs).clone())
+                labels.append(batch_labels)
+            metrics[data.task.metric_key] = score(data.task, torch.cat(predictions).cpu(), torch.cat(labels).cpu())
         metrics["overall"] = overall_score({k: v for k, v in metrics.items()})
         self.model.train()
         return metrics
 
+    def _predict(self, task: str, inputs: dict) -> torch.Tensor:  # (B,) class indices or scores
+        with self.precision.autocast():
+            outputs = self.model(task, **inputs)
+        return self.model.predict(task, outputs)
+
     def _bars(self) -> bool:
         return self.config.progress and self.rank == 0
+
+    def _say(self, message: str) -> None:
+        if self.rank == 0:
+            tqdm.write(message, file=sys.stderr)
 
     # ---- training -----------------------------------------------------------------------------
     def _budget_left(self) -> bool:
@@ -249,7 +326,10 @@ class Trainer:
             fractions.append(self.state["train_seconds"] / self.config.seconds)
         return min(1.0, max(fractions)) if fractions else 0.0
 
-    def _train_step(self, data: TaskData) -> float:
+    def _train_step(self, data: TaskData) -> torch.Tensor:
+        """The host's part of a step (the next batch, its inputs on the device, the schedule position),
+        then the device's (`_step`, replayed as a CUDA graph when graphs are on). Returns the loss
+        tensor, unread."""
         indices = self._next_batch(data)
         if self.world > 1:  # every rank takes its slice of the same global batch
             local = indices[self.rank :: self.world]
@@ -257,28 +337,48 @@ class Trainer:
         else:
             local, weight = indices, 1.0
         inputs, labels = self._inputs(data, "train", local)
-        with self.precision.autocast():
-            outputs = (self.ddp or self.model)(data.task.name, **inputs)
-            loss = self.model.loss(data.task.name, outputs, labels)
-        value = loss.item()  # the step's one wait for the GPU: the check below and the progress bar share it
-        if not math.isfinite(value):
-            raise TrainingError(
-                f"the {data.task.name} loss is {value} at step {self.state['step'] + 1}; "
-                f"lower the learning rate (now {self.config.lr}) or check the {data.task.name} labels"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss * weight).backward()
         # The middle of this step: neither the first nor the last step of a linear schedule is wasted at lr 0.
-        progress = min(1.0, self._progress() + (0.5 / self.total_steps if self.total_steps else 0.0))
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr * lr_factor(self.config.schedule, progress, self.config.warmup)
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)  # fp16: skipped when a gradient overflowed
-        self.scaler.update()
-        if self.scaler.is_enabled() and self.scaler.get_scale() < scale:  # the scale only falls after an overflow
-            self.state["skipped_steps"] += 1
+        self.progress.fill_(min(1.0, self._progress() + (0.5 / self.total_steps if self.total_steps else 0.0)))
         self.state["examples"] += len(indices)
-        return value
+        if self.train_graphs is not None:  # never distributed, so weight is 1
+            return self.train_graphs(data.task.name, inputs, labels)
+        return self._step(data.task.name, inputs, labels, weight)
+
+    def _step(self, task: str, inputs: dict, labels: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        """Forward, loss, backward and AdamW, on device tensors only: nothing is read back and nothing
+        branches on a device value, so every call makes the same launches (see the module docstring)."""
+        c = self.config
+        with self.precision.autocast():
+            outputs = (self.ddp or self.model)(task, **inputs)
+            loss = self.model.loss(task, outputs, labels)
+        for p in self.trainable:  # zero_grad(set_to_none=True), in a form torch.compile traces
+            p.grad = None
+        self.lr.copy_(c.lr * lr_factor_tensor(c.schedule, self.progress, c.warmup))
+        if self.precision.name != "fp16":
+            (loss * weight).backward()
+            self.optimizer.step()
+            skipped = None
+        else:  # loss scaling: the scaler waits for the device inside `step`, so fp16 steps are never graphed
+            self.scaler.scale(loss * weight).backward()
+            scale = self.scaler._get_scale_async().clone()
+            self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
+            self.scaler.update()
+            skipped = self.scaler._get_scale_async() < scale  # the scale only falls after an overflow
+        self.ledger.record(loss, self.task_names.index(task), skipped)
+        return loss.detach()
+
+    def _check(self) -> dict[str, float]:
+        """Read the ledger (one wait for the device): stop at a non-finite loss, naming its task and
+        step; take the fp16 skip count. Returns what was read."""
+        seen = self.ledger.read()
+        if seen["first_bad_step"] >= 0:
+            task = self.task_names[int(seen["bad_task"])]
+            raise TrainingError(
+                f"the {task} loss is {seen['bad_loss']} at step {int(seen['first_bad_step'])}; "
+                f"lower the learning rate (now {self.config.lr}) or check the {task} labels"
+            )
+        self.state["skipped_steps"] = int(seen["skipped_steps"])
+        return seen
 
     def train(self, fresh: bool = False) -> dict:
         """Run to the budget (resuming from `last.pt` unless `fresh`), return the run record."""
@@ -294,15 +394,23 @@ class Trainer:
                 started = time.perf_counter()
                 step = self.state["step"]
                 index = task_at_step(step, sizes, self.config.sampling, self.config.seed, self._progress())
-                loss = self._train_step(self.data[index])
-                self.state["step"] += 1
+                self._train_step(self.data[index])
+                step = self.state["step"] = self.state["step"] + 1
+                evaluating = step % self.eval_every == 0
+                # The checks wait for the device: inside the timed region, so the time is the device's.
+                seen = self._check() if step % self.config.check_every == 0 or evaluating else None
                 self.state["train_seconds"] += time.perf_counter() - started
-                if self.state["step"] % self.batches_per_epoch == 0:  # an epoch ended: its own seconds
-                    self.state["epoch_seconds"].append(round(self.state["train_seconds"] - sum(self.state["epoch_seconds"]), 3))
+                if step % self.batches_per_epoch == 0:  # an epoch ended: its own seconds
+                    epoch = self.state["train_seconds"] - sum(self.state["epoch_seconds"])
+                    self.state["epoch_seconds"].append(round(epoch, 3))
                 bar.update(1)
-                bar.set_postfix(task=self.data[index].task.name, loss=f"{loss:.3f}")
-                if self.state["step"] % self.eval_every == 0 and self._budget_left():
+                if seen is not None:
+                    bar.set_postfix(task=self.data[index].task.name, loss=f"{seen['loss']:.3f}")
+                if evaluating and self._budget_left():
                     self._evaluate_and_checkpoint()
+            started = time.perf_counter()
+            self._check()  # the last steps' wait, counted as training
+            self.state["train_seconds"] += time.perf_counter() - started
             if not self.state["curve"] or self.state["curve"][-1]["step"] != self.state["step"]:
                 self._evaluate_and_checkpoint()
         bar.close()
@@ -312,6 +420,7 @@ class Trainer:
         return record
 
     def _evaluate_and_checkpoint(self) -> None:
+        self._check()  # a non-finite loss stops the run before it reaches a checkpoint
         metrics = self.evaluate()
         s = self.state
         s["curve"].append({"step": s["step"], "seconds": round(s["train_seconds"], 3),
@@ -363,6 +472,10 @@ class Trainer:
             },
             "curve": s["curve"],
             "resumed": resumed,
+            "cuda_graphs": {"enabled": self.graphs.enabled, "reason": self.graphs.reason,
+                            **({name: runner.stats() for name, runner in
+                                (("training", self.train_graphs), ("evaluation", self.eval_graphs))}
+                               if self.graphs.enabled else {})},
             "device": device_name(self.device),
             "versions": versions(),
         }

@@ -237,3 +237,74 @@ def test_one_launch_per_call(monkeypatch):
     )
     assert len(calls) == 1
     assert calls[0] == (sum(math.ceil(math.prod(s) / BLOCK) for s in SHAPES),)
+
+
+# ----------------------------------------------------------------------------- counts and rate on the device
+
+
+def test_device_counts_and_rate_give_the_steps_of_host_numbers():
+    """Steps 1..4 with the count and the rate as device tensors (a (T,) vector of counts, a 0-d rate):
+    the twin gives exactly its host-number steps, the kernel the same to rounding."""
+    hyper = dict(beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.05, correct_bias=True)
+    params, ms, vs = _state(SHAPES, torch.float32, DEVICE, seed=3)
+    host = [p.clone() for p in params], [m.clone() for m in ms], [v.clone() for v in vs]
+    twin = [p.clone() for p in params], [m.clone() for m in ms], [v.clone() for v in vs]
+    counts = torch.zeros(len(SHAPES), device=DEVICE)
+    rate = torch.zeros((), dtype=torch.float64, device=DEVICE)
+    for step, lr in zip(range(1, 5), (1e-2, 3e-3, 7e-3, 1e-3)):
+        grads = _grads(params, seed=40 + step)
+        counts += 1
+        rate.fill_(lr)
+        kernels.adamw_step(params, grads, ms, vs, step=counts, lr=rate, backend="triton", **hyper)
+        reference.adamw_step(twin[0], grads, twin[1], twin[2], step=counts, lr=rate, **hyper)
+        reference.adamw_step(host[0], grads, host[1], host[2], step=step, lr=lr, **hyper)
+        for p, tp, hp in zip(params, twin[0], host[0]):
+            assert torch.equal(tp, hp)
+            _assert_close_ulps(p, hp, scale=10 * lr)
+
+
+def test_tensors_at_different_counts_step_together():
+    """One call whose tensors sit at counts 1, 5 and 30 equals three calls, one per count."""
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, correct_bias=True)
+    shapes, counts = [(100,), (BLOCK + 3,), (7, 9)], [1, 5, 30]
+    params, ms, vs = _state(shapes, torch.float32, DEVICE, seed=5)
+    ms = [torch.rand(p.shape, device=DEVICE) for p in params]  # moments a run would have built
+    vs = [torch.rand(p.shape, device=DEVICE) for p in params]
+    apart = [p.clone() for p in params], [m.clone() for m in ms], [v.clone() for v in vs]
+    grads = _grads(params, seed=6)
+    kernels.adamw_step(params, grads, ms, vs, step=torch.tensor(counts, device=DEVICE), backend="triton", **hyper)
+    for i, count in enumerate(counts):
+        reference.adamw_step([apart[0][i]], [grads[i]], [apart[1][i]], [apart[2][i]], step=count, **hyper)
+    for p, ap in zip(params, apart[0]):
+        _assert_close_ulps(p, ap, scale=10 * hyper["lr"])
+
+
+def test_the_launch_is_the_same_at_every_step(monkeypatch):
+    """What the host passes the kernel does not change from step to step (a CUDA graph replays it
+    as captured), while the count and the rate it reads do."""
+    calls = []
+    real = kernels.adamw.launch
+    monkeypatch.setattr(kernels.adamw, "launch", lambda *args, **kwargs: (calls.append((args, kwargs)),
+                                                                          real(*args, **kwargs))[1])
+    params, ms, vs = _state([(100,), (BLOCK + 3,)], torch.float32, DEVICE, seed=8)
+    counts = torch.zeros(2, device=DEVICE)
+    rate = torch.zeros((), dtype=torch.float64, device=DEVICE)
+    moved = []
+    for lr in (1e-2, 2e-2):
+        counts += 1
+        rate.fill_(lr)
+        before = params[0].clone()
+        kernels.adamw_step(params, _grads(params, 9), ms, vs, step=counts, lr=rate, beta1=0.9, beta2=0.999,
+                           eps=1e-6, weight_decay=0.01, correct_bias=True, backend="triton")
+        moved.append((params[0] - before).abs().max().item())
+    host_side = [(tuple((a.dtype, tuple(a.shape)) if isinstance(a, torch.Tensor) else a for a in args),
+                  sorted(kwargs.items())) for args, kwargs in calls]
+    assert len(host_side) == 2 and host_side[0] == host_side[1]
+    assert moved[1] > 1.5 * moved[0]  # the second step read the doubled rate
+
+
+def test_a_count_tensor_of_the_wrong_length_is_refused():
+    params, ms, vs = _state([(10,), (3,)], torch.float32, DEVICE, seed=1)
+    with pytest.raises(ValueError, match=r"one count per tensor \(2\)"):
+        kernels.adamw_step(params, _grads(params, 2), ms, vs, step=torch.ones(3, device=DEVICE), lr=1e-2,
+                           beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, correct_bias=True, backend="triton")

@@ -44,10 +44,10 @@ def test_plans_rise_from_frozen_to_individual():
     assert len(candidate_plans(6)) == 210
 
 
-def candidate(plan: str, peak_mib: float, trainable: int) -> Candidate:
+def candidate(plan: str, peak_mib: float, trainable: int, reach: int = 0) -> Candidate:
     prediction = Prediction(0, 4 * trainable, 8 * trainable, 0, {}, {}, 0, 4 * trainable, 0, None, int(peak_mib * MiB),
                             16, 48, "fp32", "torch")
-    return Candidate(plan, prediction, trainable)
+    return Candidate(plan, prediction, trainable, reach)
 
 
 def test_the_shortlist_fits_the_budget_keeps_the_front_and_spreads_over_it():
@@ -60,6 +60,16 @@ def test_the_shortlist_fits_the_budget_keeps_the_front_and_spreads_over_it():
         shortlist(pool, 50 * MiB, 8)
 
 
+def test_a_deeper_reach_keeps_a_plan_on_the_front_that_more_parameters_in_all_would_drop():
+    # per task: FFFFII trains two layers of its own, FFSS[a+b|c]2 four (two shared, two grouped)
+    deep = candidate("FFSS[a+b|c]2", 350, trainable=100, reach=70)
+    wide = candidate("FFFFII", 300, trainable=110, reach=40)
+    assert [c.plan for c in front([deep, wide])] == ["FFFFII", "FFSS[a+b|c]2"]
+    assert [c.plan for c in front([deep, candidate("FFFFII", 300, trainable=110, reach=70)])] == ["FFFFII"]
+    twins = [candidate("FFFFFF", 100, 5, 5), candidate("FFFFFF,pooler=F", 100, 5, 5)]  # alike: the first kept
+    assert [c.plan for c in front(twins)] == ["FFFFFF"]
+
+
 def test_predictions_of_every_candidate_rise_with_capacity():
     torch_config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                               intermediate_size=64)
@@ -68,6 +78,9 @@ def test_predictions_of_every_candidate_rise_with_capacity():
     peaks = [c.prediction.peak_bytes for c in candidates]
     assert peaks == sorted(peaks) and len(set(peaks)) == 4
     assert [c.trainable > 0 for c in candidates] == [True] * 4  # the heads train even under FF
+    reach = {c.plan: c.reach for c in candidates}
+    assert reach["FF"] < reach["FS"] < reach["SS"] == reach["II"]  # a task reads as many layers under S as I
+    assert candidates[3].trainable > candidates[2].trainable  # while I copies them per task
 
 
 def fake_runs(scores: dict[str, float], calls: list):

@@ -12,6 +12,7 @@ TRITON_INTERPRET=1); with a GPU the same tests run on CUDA, plus the bfloat16 / 
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -21,6 +22,7 @@ import kernels.backend
 from kernels import dispatch, reference
 from kernels.attention import _attention_dropout_mask, _attention_with_seed, _draw_seed, attention
 
+attention_module = importlib.import_module("kernels.attention")  # `kernels.attention` names the function
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 requires_cuda = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
@@ -301,10 +303,76 @@ def test_dropout_seed_comes_from_torch_generator():
         assert not torch.equal(a, c)
 
     torch.manual_seed(3)
-    seed = _draw_seed()
+    seed = _draw_seed(DEVICE)
+    assert seed.device.type == DEVICE and seed.dtype == torch.int64 and seed.shape == (1,)
     torch.manual_seed(3)
     out = attention(q, k, v, mask, dropout_p=p, backend="triton")
     assert torch.equal(out, _attention_with_seed(q, k, v, mask, None, p, seed))
+
+
+def _recorded_launches(monkeypatch) -> list[tuple]:
+    """Every attention launch from now on, as (name, grid, args, kwargs)."""
+    calls = []
+    real = attention_module.launch
+
+    def spy(name, kernel, grid, *args, **kwargs):
+        calls.append((name, grid, args, kwargs))
+        return real(name, kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(attention_module, "launch", spy)
+    return calls
+
+
+def _host_side(call) -> tuple:
+    """What the host hands a launch, tensors reduced to their dtype and shape: a CUDA graph replays
+    exactly this (its tensors sit at fixed addresses), so it must not change from call to call."""
+    name, grid, args, kwargs = call
+    described = tuple((a.dtype, tuple(a.shape)) if isinstance(a, torch.Tensor) else a for a in args)
+    return name, grid, described, tuple(sorted(kwargs.items()))
+
+
+def test_dropout_seed_lives_on_the_device_and_each_backward_regenerates_its_forward_mask(monkeypatch):
+    """Two calls on the same inputs: the host passes identical launch arguments (what a replayed graph
+    does), yet the masks differ, because the seed is drawn on the device and read by the kernels
+    from memory; each call's gradients are the twin's fed the mask of that call's seed."""
+    B, H, L, D, p = 2, 2, 37, 32, 0.3
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = make_qkv(B, H, L, D, F32, "blhd", gen)
+    mask = make_mask("holes", B, L, gen)
+    do = torch.randn(B, H, L, D, generator=gen).to(DEVICE)
+    calls = _recorded_launches(monkeypatch)
+    fn = lambda q, k, v: attention(q, k, v, mask, dropout_p=p, backend="triton")  # noqa: E731
+    first = run(fn, q, k, v, do)
+    first_calls = list(calls)
+    calls.clear()
+    second = run(fn, q, k, v, do)
+    assert [c[0] for c in first_calls] == ["attention.fwd", "attention.delta", "attention.dkdv", "attention.dq"]
+    assert [_host_side(c) for c in first_calls] == [_host_side(c) for c in calls]
+    assert not torch.equal(first[0], second[0])
+    for got, launches in ((first, first_calls), (second, calls)):
+        position = {"attention.fwd": 7, "attention.dkdv": 10, "attention.dq": 9}  # SEED among the arguments
+        seeds = [args[position[name]] for name, _, args, _ in launches if name in position]
+        assert len({seed.data_ptr() for seed in seeds}) == 1  # the backward reads the forward's seed tensor
+        keep = _attention_dropout_mask(seeds[0], B, H, L, p, DEVICE)
+        twin = run(lambda q, k, v, keep=keep: reference.attention(q, k, v, mask, dropout_p=p, dropout_mask=keep),
+                   q, k, v, do)
+        ref = run(lambda q, k, v, keep=keep: math_attention(q, k, v, mask, 1.0 / math.sqrt(D), keep, p),
+                  q, k, v, do.double())
+        check_against_reference(got, twin, ref, F32)
+
+
+def test_an_int_seed_and_its_tensor_give_one_mask():
+    B, H, L, p = 1, 2, 50, 0.4
+    as_int = _attention_dropout_mask(77, B, H, L, p, DEVICE)
+    as_tensor = _attention_dropout_mask(torch.tensor([77], device=DEVICE), B, H, L, p, DEVICE)
+    assert torch.equal(as_int, as_tensor) and not as_int.all()
+
+
+def test_a_bad_seed_tensor_is_refused():
+    q = torch.randn(1, 2, 8, 16, device=DEVICE)
+    for bad in (torch.tensor([1.0], device=DEVICE), torch.tensor([1, 2], device=DEVICE)):
+        with pytest.raises(ValueError, match="seed tensor must be one int64"):
+            _attention_with_seed(q, q, q, None, None, 0.1, bad)
 
 
 # ----------------------------------------------------------------------------- dispatch and errors

@@ -65,6 +65,20 @@ def test_plan_prints_each_piece_and_what_the_plan_costs(capsys):
     assert total == pytest.approx(weights + grads + adam, abs=0.15)
 
 
+def test_plan_says_when_a_weightless_pooling_takes_the_poolers_place(capsys):
+    assert mops("plan", "FFSSII", "--pooling", "mean") == 0
+    mean = capsys.readouterr().out
+    assert "pooling: mean (no weights), in place of the pooler row above" in mean
+    assert mops("plan", "FFSSII", "--pooling", "pooler") == 0
+    pooler = capsys.readouterr().out
+    assert "pooling:" not in pooler
+
+    def trainable(out: str) -> int:
+        return int(re.search(r"([\d,]+) trainable", out).group(1).replace(",", ""))
+
+    assert trainable(pooler) - trainable(mean) == 3 * (384 * 384 + 384)  # three pooler copies' dense layers
+
+
 def test_plan_sizes_the_frozen_prefix_cache(capsys):
     assert mops("plan", "FFFSSS", "--examples", "1000", "--mean-length", "20") == 0
     [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("frozen-prefix cache")]

@@ -37,7 +37,7 @@ def run(tmp_path_factory) -> tuple[Path, Trainer]:
     config = TrainConfig(tasks=["sst", "para", "sts"], plan=PLAN, checkpoint="random", hidden_size=32, num_layers=3,
                          data="demo", steps=6, eval_every=3, batch_size=8, max_length=32, max_train_examples=16,
                          max_eval_examples=16, lr=1e-2, lora_rank=4, lora_alpha=8.0, backend="torch", device="cpu",
-                         out_dir=str(out), progress=False)
+                         out_dir=str(out), progress=False, pooling="pooler")
     trainer = Trainer(config)
     trainer.train()
     best = torch.load(out / "best.pt", weights_only=False)
@@ -87,7 +87,7 @@ def test_the_head_file_reproduces_the_tasks_outputs(run, tmp_path):
     folder = export_task(run_dir, "para", tmp_path / "para").out_dir
     head = load_file(folder / "head.safetensors")
     info = json.loads((folder / "head.json").read_text())
-    assert info["task"] == "para" and info["num_labels"] == 2 and info["input"] == "pooler_output"
+    assert info["task"] == "para" and info["num_labels"] == 2 and info["pooled"] == "pooler_output"
     assert info["plan"] == PLAN and head["weight"].shape == (2, 32)
     batch = BertTokenizer.from_pretrained(str(folder))(*SENTENCES)
     pooled = BertModel.from_pretrained(str(folder), backend="torch")(
@@ -136,3 +136,32 @@ def test_the_command_line_exports_and_reports_errors_in_one_line(run, tmp_path):
                              str(tmp_path / "qa")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0
     assert "mops: error:" in failed.stderr and "not 'qa'" in failed.stderr and not (tmp_path / "qa").exists()
+
+
+def test_a_mean_pooled_cosine_run_exports_a_complete_encoder_and_its_cosine_head(tmp_path):
+    out = tmp_path / "run"
+    config = TrainConfig(tasks=["sst", "sts"], plan="FSS", checkpoint="random", hidden_size=32, num_layers=3,
+                         data="demo", steps=4, batch_size=8, max_length=32, max_train_examples=16,
+                         max_eval_examples=16, lr=1e-2, backend="torch", device="cpu", out_dir=str(out),
+                         progress=False, pooling="mean", cosine_tasks=["sts"])
+    trainer = Trainer(config)
+    trainer.train()
+    trainer.model.load_state_dict(torch.load(out / "best.pt", weights_only=False)["model"])
+    model = trainer.model.eval()
+    folder = export_task(out, "sts", tmp_path / "sts").out_dir
+    info = json.loads((folder / "head.json").read_text())
+    head = load_file(folder / "head.safetensors")
+    assert info["pooling"] == "mean" and set(head) == {"scale", "shift"} and "[0, 1]" in info["output"]
+    tokenizer = BertTokenizer.from_pretrained(str(folder))
+    first, second = tokenizer(SENTENCES[0]), tokenizer(SENTENCES[1])
+    exported = BertModel.from_pretrained(str(folder), backend="torch")  # complete: the pooler is there, unused
+
+    def mean_pooled(batch):  # (B, H)
+        hidden = exported(batch.input_ids, batch.attention_mask, batch.token_type_ids)["last_hidden_state"]
+        mask = batch.attention_mask.unsqueeze(-1).float()
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    with torch.no_grad():
+        cosine = torch.nn.functional.cosine_similarity(mean_pooled(first), mean_pooled(second), dim=-1)
+        expected = model("sts", first, second).squeeze(-1)  # (B,)
+        torch.testing.assert_close(head["scale"] * cosine + head["shift"], expected, rtol=0, atol=1e-5)

@@ -83,6 +83,8 @@ def test_the_commands(tmp_path):
     torch_run = gpu_check.train_command(config, "torch", "random")
     assert torch_run[-2:] == ["--backend", "torch"] and "--out" in torch_run
     assert torch_run[torch_run.index("--hidden-size") + 1] == "384"  # MiniLM's shape when no checkpoint exists
+    graphs = gpu_check.train_command(config, None, "minilm", graphs=True)
+    assert graphs[-2:] == ["--cuda-graphs", "on"] and graphs[graphs.index("--out") + 1].endswith("train-graphs")
     assert "-n" in gpu_check.test_command(config, xdist=True, timeout_plugin=True)
     assert "-n" not in gpu_check.test_command(config, xdist=False, timeout_plugin=False)
 
@@ -104,8 +106,11 @@ def fake_runner(calls: list):
             shutil.copy(H100_BENCH, out / "benchmarks.json")
         elif step.name.startswith("train-"):
             (out / step.name).mkdir()
-            speed = {"train-default": 1260.0, "train-torch": 1200.0}[step.name]
-            (out / step.name / "results.json").write_text(json.dumps(_fake_record(step.name, speed)))
+            speed = {"train-default": 1260.0, "train-torch": 1200.0, "train-graphs": 3150.0}[step.name]
+            record = _fake_record(step.name, speed)
+            if step.name == "train-graphs":
+                record["cuda_graphs"] = {"enabled": True, "reason": "asked for (--cuda-graphs on)"}
+            (out / step.name / "results.json").write_text(json.dumps(record))
         else:
             step.log.write_text(XDIST_LOG)
         step.returncode = 0
@@ -118,9 +123,9 @@ def test_a_whole_check_runs_speed_first_within_the_deadline_and_writes_the_summa
     calls: list = []
     config = CheckConfig(out=tmp_path / "check", data="demo", deadline_s=470)
     assert run_check(config, runner=fake_runner(calls), find=lambda name: object()) == 1  # tests failed
-    assert [name for name, _, _ in calls] == ["benchmarks", "train-default", "train-torch", "tests"]
+    assert [name for name, _, _ in calls] == ["benchmarks", "train-default", "train-torch", "train-graphs", "tests"]
     assert all(0 < timeout <= 470 for _, timeout, _ in calls)
-    assert calls[0][1] == config.bench_timeout_s and calls[3][1] > 400  # the fake steps took no time
+    assert calls[0][1] == config.bench_timeout_s and calls[4][1] > 400  # the fake steps took no time
 
     text = (tmp_path / "check" / "summary.md").read_text()
     assert text == capsys.readouterr().out.split(f"written: {tmp_path / 'check'}")[0].rstrip("\n") + "\n"
@@ -132,6 +137,7 @@ def test_a_whole_check_runs_speed_first_within_the_deadline_and_writes_the_summa
     assert "| train-default | attention torch, adamw triton | bf16 | 900 | 1260.0 | 0 | 0.610 |" in text
     assert "Defaults against `--backend torch`: **1.05x** the examples per second." in text
     assert "same kernels" not in text  # the defaults ran Triton's AdamW here
+    assert "CUDA graphs (`--cuda-graphs on`) against the defaults: **2.50x** the examples per second; graphs on" in text
 
 
 def test_runs_on_the_same_kernels_are_said_to_differ_by_variation_only():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from minbert import AdamW, Batch, BertConfig, BertModel
-from multitask.model import HeadConfig, MultitaskBert
+from multitask.model import CosineHead, HeadConfig, MultitaskBert, TaskHead, task_loss
 from multitask.sharing import parse_plan
-from multitask.tasks import Task
+from multitask.tasks import Task, score
 
 CONFIG = BertConfig(
     vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
@@ -365,6 +365,76 @@ def test_siamese_pairs_encode_each_sentence_alone_and_combine_them():
         expected = model.heads["c"].linear(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
     assert outputs.shape == (4, 2)
     assert torch.equal(outputs, expected)
+
+
+# --- regression targets and the cosine head ---------------------------------------------------
+
+
+STS_LIKE = Task("s", "regression", 1, "pearson", True, no_data, label_range=(0.0, 5.0))
+PARA_LIKE = Task("p", "classification", 2, "accuracy", True, no_data)
+
+
+def test_regression_trains_on_targets_scaled_to_0_1_and_reports_the_label_scale():
+    outputs, labels = torch.tensor([[0.2], [0.9], [0.5]]), torch.tensor([1.0, 4.5, 2.5])
+    scaled = task_loss(STS_LIKE, outputs, labels, scale_regression=True)
+    torch.testing.assert_close(scaled, ((outputs.squeeze(-1) - labels / 5) ** 2).mean())
+    raw = task_loss(STS_LIKE, outputs, labels, scale_regression=False)
+    torch.testing.assert_close(raw, ((outputs.squeeze(-1) - labels) ** 2).mean())
+    model = MultitaskBert(pretrained(), parse_plan("SSSS", ("s",), LAYERS), [STS_LIKE], HeadConfig())
+    torch.testing.assert_close(model.predict("s", outputs), torch.tensor([1.0, 4.5, 2.5]))  # 0-1 back to 0-5
+    # Pearson's r does not see the scaling: reported predictions score as the raw outputs would
+    assert score(STS_LIKE, model.predict("s", outputs), labels) == pytest.approx(
+        score(STS_LIKE, outputs.squeeze(-1), labels), abs=1e-12)
+
+
+def cosine_model(task: Task, scale_regression: bool = True) -> MultitaskBert:
+    head = HeadConfig(cosine_tasks=(task.name,), scale_regression=scale_regression)
+    return MultitaskBert(pretrained(), parse_plan("SSSS", (task.name,), LAYERS), [task], head)
+
+
+def test_a_cosine_head_scores_the_similarity_of_the_two_pooled_sentences():
+    model = cosine_model(STS_LIKE).eval()
+    first, second = make_batch(1, length=7), make_batch(2, length=5)
+    with torch.no_grad():
+        u, v = model.encode("s", first), model.encode("s", second)
+        cos = torch.nn.functional.cosine_similarity(u, v, dim=-1)
+        torch.testing.assert_close(model("s", first, second).squeeze(-1), cos)  # starts as the identity on [0, 1]
+    assert cosine_model(STS_LIKE, scale_regression=False).heads["s"].scale.item() == 5.0  # or maps to 0-5
+
+
+def test_a_two_class_cosine_head_gives_class_1_the_logit_of_its_scaled_similarity():
+    model = cosine_model(PARA_LIKE).eval()
+    first, second = make_batch(1), make_batch(2)
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(model.encode("p", first), model.encode("p", second), dim=-1)
+        logits = model("p", first, second)
+    torch.testing.assert_close(logits, torch.stack([torch.zeros_like(cos), 10 * cos - 5], dim=-1))
+
+
+def test_a_cosine_head_trains_both_encodings_and_its_scale_and_shift():
+    model = cosine_model(STS_LIKE).train()
+    loss = model.loss("s", model("s", make_batch(1), make_batch(2)), torch.tensor([0.5, 4.0, 2.0, 3.0]))
+    loss.backward()
+    head = model.heads["s"]
+    assert head.scale.grad is not None and head.shift.grad is not None and head.shift.grad != 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.stack("s")[1].parameters())
+
+
+def test_cosine_tasks_encode_their_sentences_alone_while_other_pairs_follow_the_pair_encoding():
+    head = HeadConfig(pair_encoding="joint", cosine_tasks=("b",))
+    mixed = MultitaskBert(pretrained(), parse_plan("SSSS", NAMES, LAYERS), TASKS, head)
+    assert isinstance(mixed.heads["b"], CosineHead) and isinstance(mixed.heads["c"], TaskHead)
+    assert [head.siamese(task) for task in TASKS] == [False, True, False]  # a: single sentences; c: joint
+    assert mixed.heads["c"].linear.in_features == CONFIG.hidden_size
+    assert mixed("b", make_batch(1), make_batch(2)).shape == (4, 1) and mixed("c", make_batch(1)).shape == (4, 2)
+
+
+def test_a_cosine_head_is_for_pairs_with_one_output_or_two_classes():
+    single = Task("one", "classification", 3, "accuracy", False, no_data)
+    with pytest.raises(ValueError, match="task one has single sentences and 3 outputs"):
+        CosineHead(single, HeadConfig(cosine_tasks=("one",)))
+    with pytest.raises(ValueError, match="needs the second sentences"):
+        cosine_model(STS_LIKE)("s", make_batch(1))
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ coincides, and the arguments it refuses."""
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -132,3 +133,89 @@ def test_invalid_arguments_name_themselves(kwargs, name):
 def test_default_eps_is_1e_6():
     opt = AdamW([torch.nn.Parameter(torch.ones(1))])
     assert opt.defaults["eps"] == 1e-6 and opt.defaults["correct_bias"] is True
+
+
+# ----------------------------------------------------------------------------- capture-safe state
+
+
+def test_each_count_lives_on_the_device_and_a_parameter_that_skips_steps_keeps_its_own():
+    """Two parameters in one group, the second without a gradient at step 2: after four steps
+    their counts are 4 and 3 (float32 tensors beside the parameters), and each follows the
+    hand-worked trajectory of its own gradients."""
+    lr, b1, b2, eps, wd = 0.1, 0.9, 0.99, 1e-6, 0.05
+    a = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    b = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = AdamW([a, b], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    grads_a, grads_b = [0.5, -1.5, 2.0, 0.25], [0.3, None, -0.7, 1.1]
+    for ga, gb in zip(grads_a, grads_b):
+        a.grad = torch.tensor([ga], dtype=torch.float64)
+        b.grad = None if gb is None else torch.tensor([gb], dtype=torch.float64)
+        opt.step()
+    for p, count in ((a, 4), (b, 3)):
+        step = opt.state[p]["step"]
+        assert isinstance(step, torch.Tensor) and step.dtype == torch.float32 and step.device == p.device
+        assert step.item() == count
+    assert a.item() == pytest.approx(_hand_adamw(1.0, grads_a, lr, b1, b2, eps, wd)[-1], rel=1e-12, abs=1e-15)
+    assert b.item() == pytest.approx(_hand_adamw(1.0, [0.3, -0.7, 1.1], lr, b1, b2, eps, wd)[-1], rel=1e-12, abs=1e-15)
+
+
+def test_a_rate_tensor_rewritten_in_place_gives_the_steps_of_host_rates():
+    """The schedule writes the rate into one device tensor; the steps are those of host floats."""
+    torch.manual_seed(0)
+    ours = torch.nn.Parameter(torch.randn(5, 3))
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    rate = torch.tensor(0.0, dtype=torch.float64)
+    opt_ours = AdamW([ours], lr=rate, weight_decay=0.1)
+    opt_theirs = AdamW([theirs], lr=0.0, weight_decay=0.1)
+    for value in (1e-3, 5e-3, 2e-3, 0.0, 4e-3):
+        rate.fill_(value)
+        opt_theirs.param_groups[0]["lr"] = value
+        grad = torch.randn(5, 3)
+        ours.grad, theirs.grad = grad, grad.clone()
+        opt_ours.step()
+        opt_theirs.step()
+        assert torch.equal(ours, theirs), value
+    assert not torch.equal(ours, torch.zeros(5, 3))
+
+
+def test_a_step_reads_nothing_back_from_the_device():
+    """On the meta device every read of a value fails (`.item()`, `bool(t)`, printing): several steps
+    with a rate tensor and decay run there, so none reads one."""
+    params = [torch.nn.Parameter(torch.ones(3, device="meta")), torch.nn.Parameter(torch.ones(2, 4, device="meta"))]
+    rate = torch.tensor(1e-3, device="meta")
+    with pytest.raises(Exception, match="meta"):
+        bool(rate > 0)  # the premise: a read on the meta device fails
+    opt = AdamW(params, lr=1e-3, weight_decay=0.01)
+    opt.param_groups[0]["lr"] = rate
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    assert all(opt.state[p]["step"].device.type == "meta" for p in params)
+
+
+def test_checkpoints_that_kept_the_count_as_an_int_resume_identically():
+    torch.manual_seed(1)
+    a = torch.nn.Parameter(torch.randn(4))
+    opt = AdamW([a], lr=0.05, weight_decay=0.01)
+    for _ in range(3):
+        a.grad = torch.randn(4)
+        opt.step()
+    old = copy.deepcopy(opt.state_dict())  # state_dict() shares the live per-parameter dicts
+    old["state"][0]["step"] = 3  # how such checkpoints stored it
+    b = torch.nn.Parameter(a.detach().clone())
+    restored = AdamW([b], lr=0.05, weight_decay=0.01)
+    restored.load_state_dict(old)
+    assert restored.state[b]["step"].dtype == torch.float32 and restored.state[b]["step"].item() == 3
+    grad = torch.randn(4)
+    a.grad, b.grad = grad, grad.clone()
+    opt.step()
+    restored.step()
+    assert torch.equal(a, b)
+
+
+def test_a_rate_tensor_must_hold_one_value():
+    with pytest.raises(ValueError, match="one-element tensor"):
+        AdamW([torch.nn.Parameter(torch.ones(1))], lr=torch.tensor([1e-3, 2e-3]))
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        AdamW([torch.nn.Parameter(torch.ones(1))], lr=torch.tensor(-1.0))

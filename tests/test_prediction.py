@@ -85,9 +85,27 @@ def test_predicted_activations_are_a_real_steps_within_5_percent(minilm, plan_te
         inputs = {"batch": batch.inputs, "batch_b": batch.inputs_b, "prefix": None, "prefix_b": None}
         measured = measure_step_activations(model, task.name, inputs, batch.labels, FP32)
         length_b = batch.inputs_b.input_ids.shape[1] if siamese else None
-        predicted = predict(model, 16, batch.inputs.input_ids.shape[1], FP32, "torch", pair_encoding,
+        predicted = predict(model, 16, batch.inputs.input_ids.shape[1], FP32, "torch",
                             length_b=length_b).activation_bytes_per_task[task.name]
         assert predicted == pytest.approx(measured, rel=0.05), (task.name, predicted, measured)
+
+
+@pytest.mark.parametrize("head", [HeadConfig("joint", pooling="mean"), HeadConfig("joint", pooling="cls"),
+                                  HeadConfig("joint", pooling="mean", cosine_tasks=("sts",), scale_regression=False)],
+                         ids=["mean", "cls", "mean-cosine-raw-targets"])
+@pytest.mark.parametrize("plan_text", ["SSSSSS", "FFSSII", "FFFLLL", "FFFFFF"])
+def test_weightless_pooling_and_cosine_heads_are_predicted_within_5_percent(minilm, plan_text, head):
+    pretrained, tokenizer, tasks = minilm
+    model = MultitaskBert(pretrained, parse_plan(plan_text, TASKS, 6), tasks, head)
+    for task in tasks:
+        siamese = head.siamese(task)
+        batch = Collator(tokenizer, 48, siamese, regression=task.kind == "regression")(task.loader("train")[:16])
+        inputs = {"batch": batch.inputs, "batch_b": batch.inputs_b, "prefix": None, "prefix_b": None}
+        measured = measure_step_activations(model, task.name, inputs, batch.labels, FP32)
+        predicted = predict(model, 16, batch.inputs.input_ids.shape[1], FP32, "torch",
+                            length_b=batch.inputs_b.input_ids.shape[1] if siamese else None)
+        assert predicted.activation_bytes_per_task[task.name] == pytest.approx(measured, rel=0.05), task.name
+    assert "pooler" not in {name.split(".")[1] for name, _ in model.named_parameters() if name.startswith("pieces.")}
 
 
 def test_bf16_activations_are_predicted_under_the_same_autocast(minilm):

@@ -14,8 +14,7 @@ import torch
 
 from embedded import requires_embedded_checkpoint
 from multitask.config import TrainConfig
-from multitask.schedule import lr_factor
-from multitask.trainer import Trainer, TrainingError
+from multitask.trainer import Trainer, TrainingError, dev_sample
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,22 +116,13 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     assert record["resumed"] is False
 
 
-def test_linear_schedule_warms_up_then_decays():
-    assert lr_factor("constant", 0.7, 0.1) == 1.0
-    assert lr_factor("linear", 0.0, 0.1) == 0.0
-    assert lr_factor("linear", 0.05, 0.1) == pytest.approx(0.5)
-    assert lr_factor("linear", 0.1, 0.1) == pytest.approx(1.0)
-    assert lr_factor("linear", 0.55, 0.1) == pytest.approx(0.5)
-    assert lr_factor("linear", 1.0, 0.1) == 0.0
-
-
 def test_trainer_applies_the_schedule_at_every_step(tmp_path):
     trainer = Trainer(tiny(tmp_path, schedule="linear", warmup=0.5, steps=4, eval_every=100))
     seen = []
     real_step = trainer.optimizer.step
 
     def recording_step(*args, **kwargs):
-        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        seen.append(float(trainer.optimizer.param_groups[0]["lr"]))  # a device tensor the step rewrites
         return real_step(*args, **kwargs)
 
     trainer.optimizer.step = recording_step
@@ -226,3 +216,11 @@ def test_padding_to_a_multiple_of_16_changes_no_output_metric_or_update(tmp_path
 def test_the_cpu_pads_to_the_longest_row_by_default(tmp_path):
     trainer = Trainer(tiny(tmp_path))
     assert trainer.pad_multiple == 1 and trainer.data[0].collate.pad_multiple == 1
+
+
+def test_a_capped_dev_set_is_a_fixed_random_sample_in_file_order():
+    dev = list(range(100))
+    sample = dev_sample(dev, 10)
+    assert len(sample) == 10 and sample == sorted(sample) and sample != dev[:10]  # not the first lines
+    assert dev_sample(dev, 10) == sample  # every run gets the same examples
+    assert dev_sample(dev, 100) == dev and dev_sample(dev, None) == dev
