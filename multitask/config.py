@@ -16,13 +16,13 @@ from kernels import BACKENDS
 
 from .lora import LORA_TARGETS, LoRAConfig
 from .data import TASK_KINDS
+from .graphs import CUDA_GRAPHS
 from .model import PAIR_ENCODINGS, POOLINGS, HeadConfig
 from .precision import PRECISIONS
 from .sampling import SAMPLINGS
 from .schedule import SCHEDULES
 from .tasks import TASK_NAMES
 
-CUDA_GRAPHS = ("auto", "on", "off")
 PAIR_TASKS = tuple(name for name, kind in TASK_KINDS.items() if kind.is_pair)
 
 

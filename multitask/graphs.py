@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 TABLE_PATH = Path(__file__).with_name("graphs_table.json")
+CUDA_GRAPHS = ("auto", "on", "off")  # the settings of TrainConfig.cuda_graphs
 
 
 # ----------------------------------------------------------------------------- when graphs run
@@ -59,8 +60,8 @@ def resolve_graphs(setting: str, device: torch.device, *, device_name: str | Non
                    precision: str = "fp32", distributed: bool = False,
                    table: dict[str, dict] | None = None) -> GraphsDecision:
     """Whether this run replays its steps as CUDA graphs (`setting` is TrainConfig.cuda_graphs)."""
-    if setting not in ("auto", "on", "off"):
-        raise ValueError(f"cuda_graphs must be one of auto, on, off; got {setting!r}")
+    if setting not in CUDA_GRAPHS:
+        raise ValueError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPHS)}; got {setting!r}")
     if setting == "off":
         return GraphsDecision(False, "off")
     if device.type != "cuda":
