@@ -16,11 +16,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,18 +31,19 @@ from kernels.backend import resolved_backends
 from minbert import AdamW, BertTokenizer
 
 from .accounting import account_model
-from .batching import BucketBatchSampler, Collator, token_lengths
 from .config import TrainConfig, head_config
 from .devices import rank_and_world, training_device
 from .encoders import build_encoder
 from .environment import device_name, versions
 from .graphs import CudaCapture, GraphedSteps, resolve_graphs
+from .ledger import StepLedger
 from .model import MultitaskBert
 from .precision import resolve_precision
 from .prefix_cache import FrozenPrefixCache, PrefixOutput, open_cache
 from .sampling import task_at_step
 from .schedule import lr_factor_tensor
 from .sharing import parse_plan
+from .task_data import NoTrainingData, TaskData, load_task_data
 from .tasks import Task, make_tasks, overall_score, score
 
 RESULTS_FILE, LAST_FILE, BEST_FILE = "results.json", "last.pt", "best.pt"
@@ -54,57 +53,9 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a NaN loss, a checkpoint from another configuration)."""
 
 
-@dataclass
-class TaskData:
-    task: Task
-    train: list
-    dev: list
-    sampler: BucketBatchSampler  # length-bucketed training batches, reshuffled per epoch
-    dev_batches: list[list[int]]  # dev indices sorted by length, cut into batches
-    collate: Collator
-    tokens: int  # real tokens of the training and dev sets as encoded (both sentences of siamese pairs, at most)
-    epoch_cache: tuple[int, list[list[int]]] | None = None  # (epoch, its batches)
-
-    @property
-    def sides(self) -> tuple[str, ...]:
-        """The encodings an example needs: "a" (a sentence or a joint pair), and "b" for siamese pairs."""
-        return ("a", "b") if self.collate.siamese else ("a",)
-
-
-def dev_sample(dev: list, cap: int | None) -> list:
-    """At most `cap` dev examples, drawn evenly at random (seed 0, whatever the run's seed, so runs
-    that share a cap share their dev examples), in file order. The first `cap` lines of a file are
-    not a fair sample: the CS224N files are not shuffled."""
-    if cap is None or cap >= len(dev):
-        return dev
-    return [dev[i] for i in sorted(random.Random(0).sample(range(len(dev)), cap))]
-
-
 def _atomic_save(obj, path: Path) -> None:
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
-
-
-class StepLedger:
-    """What the training step records on the device, for the host to read every `check_every` steps
-    (each read waits for the device; the step itself never does)."""
-
-    FIELDS = ("steps", "first_bad_step", "bad_loss", "bad_task", "skipped_steps", "loss")
-
-    def __init__(self, device: torch.device) -> None:
-        self.values = torch.tensor([0.0, -1.0, 0.0, -1.0, 0.0, math.nan], dtype=torch.float64, device=device)
-
-    def record(self, loss: torch.Tensor, task_index: int, skipped: torch.Tensor | None = None) -> None:
-        """Count a step; keep the first non-finite loss (its 1-based step and task) and fp16 skips."""
-        v, loss = self.values, loss.detach().to(torch.float64)
-        step = v[0] + 1
-        first = ~torch.isfinite(loss) & (v[1] < 0)
-        skips = v[4] + (skipped.to(torch.float64) if skipped is not None else 0.0)
-        v.copy_(torch.stack([step, torch.where(first, step, v[1]), torch.where(first, loss, v[2]),
-                             torch.where(first, float(task_index), v[3]), skips, loss]))
-
-    def read(self) -> dict[str, float]:
-        return dict(zip(self.FIELDS, self.values.tolist()))
 
 
 class Trainer:
@@ -172,21 +123,10 @@ class Trainer:
 
     # ---- data -------------------------------------------------------------------------------
     def _load(self, task: Task) -> TaskData:
-        train, dev = task.loader("train"), task.loader("dev")
-        train = train[: self.config.max_train_examples]  # a cap of None keeps them all
-        dev = dev_sample(dev, self.config.max_eval_examples)
-        if not train:
-            raise TrainingError(f"task {task.name} has no training examples")
-        c = self.config
-        siamese = self.head.siamese(task)
-        lengths = token_lengths(train, self.tokenizer, c.max_length, siamese)
-        dev_lengths = token_lengths(dev, self.tokenizer, c.max_length, siamese)
-        dev_batches = BucketBatchSampler(dev_lengths, 2 * c.batch_size, shuffle=False).batches()
-        collate = Collator(self.tokenizer, c.max_length, siamese, regression=task.kind == "regression",
-                           pad_multiple=self.pad_multiple)
-        tokens = (sum(lengths) + sum(dev_lengths)) * (2 if siamese else 1)  # siamese: the longer side, twice
-        return TaskData(task, train, dev, BucketBatchSampler(lengths, c.batch_size, seed=c.seed), dev_batches, collate,
-                        tokens)
+        try:
+            return load_task_data(task, self.config, self.tokenizer, self.head, self.pad_multiple)
+        except NoTrainingData as error:
+            raise TrainingError(str(error)) from None
 
     def _make_cache(self) -> tuple[FrozenPrefixCache | None, dict]:
         examples = sum((len(d.train) + len(d.dev)) * len(d.sides) for d in self.data)
@@ -229,18 +169,7 @@ class Trainer:
         return min(candidates) if candidates else None
 
     def _next_batch(self, data: TaskData) -> list[int]:
-        """The indices of a task's next training batch, walking its bucketed epochs in order."""
-        position = self.state["positions"][data.task.name]
-        while True:
-            epoch, index = position
-            if data.epoch_cache is None or data.epoch_cache[0] != epoch:
-                data.sampler.set_epoch(epoch)
-                data.epoch_cache = (epoch, data.sampler.batches())
-            batches = data.epoch_cache[1]
-            if index < len(batches):
-                position[1] += 1
-                return batches[index]
-            position[0], position[1] = epoch + 1, 0
+        return data.next_batch(self.state["positions"][data.task.name])
 
     # ---- checkpoints --------------------------------------------------------------------------
     def _try_resume(self) -> bool:
@@ -260,10 +189,7 @@ class Trainer:
             group["lr"] = self.lr
         self.scaler.load_state_dict(saved["scaler"])
         self.state = saved["state"]
-        ledger = saved.get("ledger")  # absent from checkpoints written before the ledger
-        if ledger is None:
-            ledger = [self.state["step"], -1.0, 0.0, -1.0, self.state["skipped_steps"], math.nan]
-        self.ledger.values.copy_(torch.as_tensor(ledger, dtype=torch.float64))
+        self.ledger.restore(saved.get("ledger"), self.state["step"], self.state["skipped_steps"])
         torch.set_rng_state(saved["rng"])
         if saved.get("cuda_rng") is not None and self.device.type == "cuda":  # dropout masks and seeds
             torch.cuda.set_rng_state(saved["cuda_rng"], self.device)

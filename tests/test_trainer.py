@@ -14,7 +14,7 @@ import torch
 
 from embedded import requires_embedded_checkpoint
 from multitask.config import TrainConfig
-from multitask.trainer import Trainer, TrainingError, dev_sample
+from multitask.trainer import Trainer, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,11 +216,3 @@ def test_padding_to_a_multiple_of_16_changes_no_output_metric_or_update(tmp_path
 def test_the_cpu_pads_to_the_longest_row_by_default(tmp_path):
     trainer = Trainer(tiny(tmp_path))
     assert trainer.pad_multiple == 1 and trainer.data[0].collate.pad_multiple == 1
-
-
-def test_a_capped_dev_set_is_a_fixed_random_sample_in_file_order():
-    dev = list(range(100))
-    sample = dev_sample(dev, 10)
-    assert len(sample) == 10 and sample == sorted(sample) and sample != dev[:10]  # not the first lines
-    assert dev_sample(dev, 10) == sample  # every run gets the same examples
-    assert dev_sample(dev, 100) == dev and dev_sample(dev, None) == dev
