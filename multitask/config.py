@@ -68,8 +68,9 @@ class TrainConfig:
                                       help="pair tasks scored by the cosine similarity of their two sentences, each "
                                            "encoded alone, times a learned scale plus a learned shift (the other "
                                            "pair tasks follow --pair-encoding)")
-    scale_regression: bool = setting(True, "train regression heads on targets scaled to [0, 1] (STS: 0-5); "
-                                           "predictions are reported on the label scale")
+    scale_regression: bool = setting(False, "train regression heads on targets scaled to [0, 1] (STS: 0-5) "
+                                            "instead of the raw scores; predictions are reported on the label "
+                                            "scale either way")
     head_dropout: float = setting(0.1, "dropout before each linear task head")
     dropout: float | None = setting(None, "encoder dropout everywhere (default: the checkpoint's)")
     lora_rank: int = setting(8, "inner width of each LoRA update (plan letter L)")

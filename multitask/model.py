@@ -39,7 +39,7 @@ class HeadConfig:
     dropout: float = 0.1  # dropout on the pooled vector before each linear head
     pooling: str = "pooler"  # how the last hidden states become one vector: mean, cls or pooler (BERT's)
     cosine_tasks: tuple[str, ...] = ()  # pair tasks scored by a cosine head, their sentences encoded alone
-    scale_regression: bool = True  # regression losses on targets scaled to [0, 1]
+    scale_regression: bool = False  # regression losses on targets scaled to [0, 1], not on the raw scores
 
     def __post_init__(self) -> None:
         for name, valid in (("pair_encoding", PAIR_ENCODINGS), ("pooling", POOLINGS)):

@@ -143,7 +143,7 @@ def test_a_mean_pooled_cosine_run_exports_a_complete_encoder_and_its_cosine_head
     config = TrainConfig(tasks=["sst", "sts"], plan="FSS", checkpoint="random", hidden_size=32, num_layers=3,
                          data="demo", steps=4, batch_size=8, max_length=32, max_train_examples=16,
                          max_eval_examples=16, lr=1e-2, backend="torch", device="cpu", out_dir=str(out),
-                         progress=False, pooling="mean", cosine_tasks=["sts"])
+                         progress=False, pooling="mean", cosine_tasks=["sts"], scale_regression=True)
     trainer = Trainer(config)
     trainer.train()
     trainer.model.load_state_dict(torch.load(out / "best.pt", weights_only=False)["model"])

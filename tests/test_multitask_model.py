@@ -380,8 +380,11 @@ def test_regression_trains_on_targets_scaled_to_0_1_and_reports_the_label_scale(
     torch.testing.assert_close(scaled, ((outputs.squeeze(-1) - labels / 5) ** 2).mean())
     raw = task_loss(STS_LIKE, outputs, labels, scale_regression=False)
     torch.testing.assert_close(raw, ((outputs.squeeze(-1) - labels) ** 2).mean())
-    model = MultitaskBert(pretrained(), parse_plan("SSSS", ("s",), LAYERS), [STS_LIKE], HeadConfig())
+    plan = parse_plan("SSSS", ("s",), LAYERS)
+    model = MultitaskBert(pretrained(), plan, [STS_LIKE], HeadConfig(scale_regression=True))
     torch.testing.assert_close(model.predict("s", outputs), torch.tensor([1.0, 4.5, 2.5]))  # 0-1 back to 0-5
+    unscaled = MultitaskBert(pretrained(), plan, [STS_LIKE], HeadConfig())  # the default: raw scores
+    torch.testing.assert_close(unscaled.predict("s", outputs), outputs.squeeze(-1))
     # Pearson's r does not see the scaling: reported predictions score as the raw outputs would
     assert score(STS_LIKE, model.predict("s", outputs), labels) == pytest.approx(
         score(STS_LIKE, outputs.squeeze(-1), labels), abs=1e-12)

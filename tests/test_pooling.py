@@ -112,9 +112,9 @@ def tiny(tmp_path, name: str, steps: int, **overrides) -> TrainConfig:
 
 @pytest.mark.parametrize("options", [
     dict(pooling="mean"),
-    dict(pooling="cls", scale_regression=False),
+    dict(pooling="cls", scale_regression=True),
     dict(pooling="mean", pair_encoding="siamese", cosine_tasks=["sts"]),
-], ids=["mean", "cls-raw-targets", "mean-siamese-cosine"])
+], ids=["mean", "cls-scaled-targets", "mean-siamese-cosine"])
 def test_a_resumed_run_with_each_option_continues_exactly_and_records_it(tmp_path, options):
     straight = Trainer(tiny(tmp_path, "straight", 6, **options))
     straight.train()

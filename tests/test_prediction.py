@@ -91,8 +91,8 @@ def test_predicted_activations_are_a_real_steps_within_5_percent(minilm, plan_te
 
 
 @pytest.mark.parametrize("head", [HeadConfig("joint", pooling="mean"), HeadConfig("joint", pooling="cls"),
-                                  HeadConfig("joint", pooling="mean", cosine_tasks=("sts",), scale_regression=False)],
-                         ids=["mean", "cls", "mean-cosine-raw-targets"])
+                                  HeadConfig("joint", pooling="mean", cosine_tasks=("sts",), scale_regression=True)],
+                         ids=["mean", "cls", "mean-cosine-scaled-targets"])
 @pytest.mark.parametrize("plan_text", ["SSSSSS", "FFSSII", "FFFLLL", "FFFFFF"])
 def test_weightless_pooling_and_cosine_heads_are_predicted_within_5_percent(minilm, plan_text, head):
     pretrained, tokenizer, tasks = minilm
