@@ -57,8 +57,12 @@ import torch
 from common.files import atomic_write_json
 
 from . import launch_config as lc
+from .adamw import adamw_step
+from .attention import _attention_dropout_mask, _attention_with_seed
 from .backend import interpreter_enabled
+from .bias_gelu import bias_gelu
 from .launches import Specialization, record_launches
+from .layer_norm import MAX_WIDTH, layer_norm
 
 MAX_REGISTERS = 255  # per thread; ptxas spills what does not fit
 # Shared memory one block may use (the opt-in maximum Triton checks at launch), per architecture.
@@ -190,8 +194,6 @@ def _table_row(capability: tuple[int, int], family: str, d: int, length: str) ->
 @functools.cache
 def _attention_launches(dtypes: tuple[torch.dtype, ...]) -> tuple[tuple[Specialization, torch.dtype, int], ...]:
     """(launch, dtype, head dim) of the attention kernels, as the interpreter runs them."""
-    from .attention import _attention_dropout_mask, _attention_with_seed
-
     out = []
     for dtype, d, dropout in itertools.product(dtypes, lc.HEAD_DIM_BUCKETS, (0.0, 0.1)):
         # H = 2 and L = 20 stay plain runtime integers, as BERT's 12 heads and padded lengths do
@@ -226,10 +228,6 @@ def _attention(capability: tuple[int, int], dtypes: tuple[torch.dtype, ...]) -> 
 def _elementwise(precisions: tuple[tuple[str, torch.dtype, torch.dtype], ...]) -> tuple[Launch, ...]:
     """(launch, dtypes, width or variant) of layer norm, bias + GELU and AdamW on a GPU."""
     from triton import next_power_of_2
-
-    from .adamw import adamw_step
-    from .bias_gelu import bias_gelu
-    from .layer_norm import MAX_WIDTH, layer_norm
 
     out = []
     for (label, act, param), width in itertools.product(precisions, sorted({*WIDTHS, MAX_WIDTH})):
