@@ -117,9 +117,15 @@ def rebuild(value: Any, make: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return value
 
 
+Leaves = list[tuple[str, torch.Tensor | None]]
+
+
 def shape_key(task: str, *args: Any) -> tuple:
     """What one graph serves: the task, and the shape and dtype of every input tensor (None kept)."""
-    leaves = flatten(args)
+    return _key(task, flatten(args))
+
+
+def _key(task: str, leaves: Leaves) -> tuple:
     return (task, tuple((path, None if t is None else (tuple(t.shape), t.dtype)) for path, t in leaves))
 
 
@@ -151,7 +157,7 @@ class CudaCapture:
 @dataclass
 class _Graph:
     replay: Callable[[], None]
-    inputs: tuple  # the static input buffers the capture read
+    inputs: list[torch.Tensor | None]  # the static input buffers the capture read, as `flatten` orders them
     outputs: Any  # what the capture returned: rewritten by every replay
 
 
@@ -181,7 +187,8 @@ class GraphedSteps:
                 "eager_shapes": sum(g is _EAGER for g in self.graphs.values())}
 
     def __call__(self, task: str, *args: Any) -> Any:
-        key = shape_key(task, *args)
+        leaves = flatten(args)  # once per call: the key and the copies both read it
+        key = _key(task, leaves)
         graph = self.graphs.get(key)
         if graph is _EAGER:
             return self.step(task, *args)
@@ -189,32 +196,33 @@ class GraphedSteps:
             self.calls[key] += 1
             if self.calls[key] <= self.warmup:
                 return self.step(task, *args)
-            return self._capture(key, task, args)
-        _fill(graph.inputs, args)
+            return self._capture(key, task, args, leaves)
+        _fill(graph.inputs, leaves)
         graph.replay()
         return graph.outputs
 
-    def _capture(self, key: tuple, task: str, args: tuple) -> Any:
+    def _capture(self, key: tuple, task: str, args: tuple, leaves: Leaves) -> Any:
         """Capture this shape's graph and run this call through it (eagerly if the capture fails)."""
         static = rebuild(args, lambda t: torch.empty_like(t))  # allocated outside the graph's pool
-        _fill(static, args)
+        buffers = [buffer for _, buffer in flatten(static)]
+        _fill(buffers, leaves)
         try:
             replay, outputs = self.capture(lambda: self.step(task, *static))
         except Exception as error:  # noqa: BLE001 - any failure leaves this shape eager, said once
             self.graphs[key] = _EAGER
             self.on_failure()
-            shapes = ", ".join(map(str, sorted({tuple(t.shape) for _, t in flatten(args) if t is not None})))
+            shapes = ", ".join(map(str, sorted({tuple(t.shape) for _, t in leaves if t is not None})))
             self.report(f"cuda graphs: capturing the {self.name} step of {task} at input shapes {shapes} failed "
                         f"with {type(error).__name__}: {error}; this shape runs eagerly from now on")
             return self.step(task, *args)
-        self.graphs[key] = _Graph(replay, static, outputs)
+        self.graphs[key] = _Graph(replay, buffers, outputs)
         if not getattr(self.capture, "executes", False):
             replay()
         return outputs
 
 
-def _fill(static: Any, given: Any) -> None:
-    """Copy every tensor of `given` into its static buffer (same structure, same shapes)."""
-    for (_, buffer), (_, tensor) in zip(flatten(static), flatten(given)):
+def _fill(buffers: list[torch.Tensor | None], leaves: Leaves) -> None:
+    """Copy every input tensor into its static buffer (both in `flatten`'s order, same shapes)."""
+    for buffer, (_, tensor) in zip(buffers, leaves):
         if buffer is not None:
             buffer.copy_(tensor, non_blocking=True)

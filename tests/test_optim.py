@@ -94,24 +94,33 @@ def test_frozen_and_gradless_parameters_get_no_state():
     assert opt.state[trained]["step"] == 1
 
 
-def test_state_dict_round_trip_resumes_identically():
-    torch.manual_seed(0)
+def three_steps_and_a_fresh_twin(seed: int) -> tuple[torch.nn.Parameter, AdamW, torch.nn.Parameter, AdamW]:
+    """A parameter after three AdamW steps with its optimizer, and a copy of it with a fresh optimizer."""
+    torch.manual_seed(seed)
     a = torch.nn.Parameter(torch.randn(4))
     opt = AdamW([a], lr=0.05, weight_decay=0.01)
     for _ in range(3):
         a.grad = torch.randn(4)
         opt.step()
     b = torch.nn.Parameter(a.detach().clone())
-    restored = AdamW([b], lr=0.05, weight_decay=0.01)
-    saved = io.BytesIO()  # through bytes, as a checkpoint on disk would be
-    torch.save(opt.state_dict(), saved)
-    saved.seek(0)
-    restored.load_state_dict(torch.load(saved))
+    return a, opt, b, AdamW([b], lr=0.05, weight_decay=0.01)
+
+
+def assert_next_steps_equal(a: torch.nn.Parameter, opt: AdamW, b: torch.nn.Parameter, restored: AdamW) -> None:
     grad = torch.randn(4)
     a.grad, b.grad = grad, grad.clone()
     opt.step()
     restored.step()
     assert torch.equal(a, b)
+
+
+def test_state_dict_round_trip_resumes_identically():
+    a, opt, b, restored = three_steps_and_a_fresh_twin(seed=0)
+    saved = io.BytesIO()  # through bytes, as a checkpoint on disk would be
+    torch.save(opt.state_dict(), saved)
+    saved.seek(0)
+    restored.load_state_dict(torch.load(saved))
+    assert_next_steps_equal(a, opt, b, restored)
 
 
 @pytest.mark.parametrize(
@@ -195,23 +204,12 @@ def test_a_step_reads_nothing_back_from_the_device():
 
 
 def test_checkpoints_that_kept_the_count_as_an_int_resume_identically():
-    torch.manual_seed(1)
-    a = torch.nn.Parameter(torch.randn(4))
-    opt = AdamW([a], lr=0.05, weight_decay=0.01)
-    for _ in range(3):
-        a.grad = torch.randn(4)
-        opt.step()
+    a, opt, b, restored = three_steps_and_a_fresh_twin(seed=1)
     old = copy.deepcopy(opt.state_dict())  # state_dict() shares the live per-parameter dicts
     old["state"][0]["step"] = 3  # how such checkpoints stored it
-    b = torch.nn.Parameter(a.detach().clone())
-    restored = AdamW([b], lr=0.05, weight_decay=0.01)
     restored.load_state_dict(old)
     assert restored.state[b]["step"].dtype == torch.float32 and restored.state[b]["step"].item() == 3
-    grad = torch.randn(4)
-    a.grad, b.grad = grad, grad.clone()
-    opt.step()
-    restored.step()
-    assert torch.equal(a, b)
+    assert_next_steps_equal(a, opt, b, restored)
 
 
 def test_a_rate_tensor_must_hold_one_value():
