@@ -71,6 +71,9 @@ class TrainConfig:
     scale_regression: bool = setting(False, "train regression heads on targets scaled to [0, 1] (STS: 0-5) "
                                             "instead of the raw scores; predictions are reported on the label "
                                             "scale either way")
+    symmetric_pairs: bool = setting(False, "pair tasks are symmetric (a, b means what b, a means): train each batch "
+                                           "of pairs in a random order and predict the mean over both orders "
+                                           "(cosine heads are symmetric already)")
     head_dropout: float = setting(0.1, "dropout before each linear task head")
     dropout: float | None = setting(None, "encoder dropout everywhere (default: the checkpoint's)")
     lora_rank: int = setting(8, "inner width of each LoRA update (plan letter L)")
@@ -157,4 +160,4 @@ class TrainConfig:
 def head_config(config: TrainConfig) -> HeadConfig:
     """How the model reads the encoder and what its task heads are, from the training settings."""
     return HeadConfig(config.pair_encoding, config.head_dropout, config.pooling, tuple(config.cosine_tasks),
-                      config.scale_regression)
+                      config.scale_regression, config.symmetric_pairs)

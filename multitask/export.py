@@ -180,6 +180,11 @@ def _head(saved: dict, config: TrainConfig, task: str) -> tuple[dict[str, torch.
         weights = (f"{HEAD_WEIGHTS}: weight ({state['weight'].shape[0]}, {state['weight'].shape[1]}), "
                    f"bias ({state['bias'].shape[0]},); outputs = input @ weight.T + bias")
         output = "regression score" if record.kind == "regression" else "class logits (argmax = label)"
+    if head_config(config).symmetric(record):
+        output += ("; a pair is read in both orders, (a, b) and (b, a), and the prediction is the mean score"
+                   if record.kind == "regression" else
+                   "; a pair is read in both orders, (a, b) and (b, a), and the label is the argmax of the mean "
+                   "of the two softmax probabilities")
     if record.kind == "regression" and config.scale_regression:
         low, high = record.label_range
         output += f" on [0, 1]: the label is {low:g} + {high - low:g} * score"
@@ -195,6 +200,7 @@ def _head(saved: dict, config: TrainConfig, task: str) -> tuple[dict[str, torch.
         "input": ("cosine(u, v) of the pooled vectors u, v of each sentence encoded alone" if cosine
                   else "concat(u, v, |u - v|, u * v) of the pooled vectors u, v of each sentence encoded alone"
                   if siamese else "the pooled vector"),
+        "symmetric": head_config(config).symmetric(record),  # trained in both orders
         "weights": weights,
         "output": output,
         "plan": saved["plan"],

@@ -40,6 +40,7 @@ class HeadConfig:
     pooling: str = "pooler"  # how the last hidden states become one vector: mean, cls or pooler (BERT's)
     cosine_tasks: tuple[str, ...] = ()  # pair tasks scored by a cosine head, their sentences encoded alone
     scale_regression: bool = False  # regression losses on targets scaled to [0, 1], not on the raw scores
+    symmetric_pairs: bool = False  # pairs trained in a random order and predicted as the mean over both orders
 
     def __post_init__(self) -> None:
         for name, valid in (("pair_encoding", PAIR_ENCODINGS), ("pooling", POOLINGS)):
@@ -51,6 +52,11 @@ class HeadConfig:
         """Whether `task`'s pairs are encoded one sentence at a time: under siamese encoding, or for a
         cosine head, which compares the two sentences' vectors."""
         return task.pair and (self.pair_encoding == "siamese" or task.name in self.cosine_tasks)
+
+    def symmetric(self, task: Task) -> bool:
+        """Whether `task`'s pairs are read in both orders: pairs under `symmetric_pairs`, except those a
+        cosine head scores (cosine(u, v) is cosine(v, u) already)."""
+        return task.pair and self.symmetric_pairs and task.name not in self.cosine_tasks
 
 
 def _module_key(piece: str) -> str:
@@ -256,6 +262,13 @@ class MultitaskBert(nn.Module):
     def loss(self, task: str, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The task's loss in fp32, whatever precision the head ran in (autocast or not)."""
         return task_loss(self.tasks[task], outputs, labels, self.head_config.scale_regression)
+
+    def mean_over_orders(self, task: str, outputs: torch.Tensor, swapped: torch.Tensor) -> torch.Tensor:
+        """One prediction from a pair read as (a, b) and as (b, a): the mean score of a regression head,
+        the mean class probabilities of a classifier (what `predict` reads its argmax from)."""
+        if self.tasks[task].kind == "regression":
+            return (outputs.float() + swapped.float()) / 2
+        return (outputs.float().softmax(dim=-1) + swapped.float().softmax(dim=-1)) / 2
 
     def predict(self, task: str, outputs: torch.Tensor) -> torch.Tensor:
         """Class indices, or regression scores on the label scale (e.g. STS 0-5)."""

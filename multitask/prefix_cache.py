@@ -8,7 +8,8 @@ cached examples skip the prefix, and even the tokenizer, and start from the stor
 re-padded to the batch's length. When the whole encoder is frozen, the pooled vector is kept.
 
 Keys are (task, split, side, index in the split): side "a" is a sentence or a joint pair,
-"b" a siamese pair's second sentence. Nothing is saved in checkpoints: a resumed run refills it.
+"b" a siamese pair's second sentence, "ba" a symmetric joint pair read in the other order.
+Nothing is saved in checkpoints: a resumed run refills it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ the collator that turns examples into model inputs, and the position of the walk
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -26,13 +27,34 @@ class TaskData:
     sampler: BucketBatchSampler  # length-bucketed training batches, reshuffled per epoch
     dev_batches: list[list[int]]  # dev indices sorted by length, cut into batches
     collate: Collator
-    tokens: int  # real tokens of the training and dev sets as encoded (both sentences of siamese pairs, at most)
+    tokens: int  # real tokens of every encoding of the training and dev examples (at most)
+    symmetric: bool = False  # pairs read in both orders (`HeadConfig.symmetric`)
+    seed: int = 0  # of the training batches' orders
     epoch_cache: tuple[int, list[list[int]]] | None = None  # (epoch, its batches)
 
+    def sides(self, swapped: bool = False) -> tuple[str, ...]:
+        """The encodings a batch needs, as the frozen-prefix cache names them: "a" (a sentence or a
+        joint pair) and "b" (a siamese pair's second sentence); read swapped, a joint pair is "ba"
+        (another encoding) and a siamese pair is its two sentences exchanged."""
+        if self.collate.siamese:
+            return ("b", "a") if swapped else ("a", "b")
+        return ("ba",) if swapped else ("a",)
+
     @property
-    def sides(self) -> tuple[str, ...]:
-        """The encodings an example needs: "a" (a sentence or a joint pair), and "b" for siamese pairs."""
-        return ("a", "b") if self.collate.siamese else ("a",)
+    def encodings(self) -> int:
+        """Distinct encodings of one example the cache may keep: two for siamese or symmetric pairs."""
+        return 2 if self.collate.siamese or self.symmetric else 1
+
+    def examples(self, split: str, indices: list[int], swapped: bool = False) -> list:
+        """The examples of a batch, each pair's sentences exchanged when `swapped`."""
+        chosen = [(self.train if split == "train" else self.dev)[i] for i in indices]
+        return [swap_pair(e) for e in chosen] if swapped else chosen
+
+    def swapped_at(self, position: list[int]) -> bool:
+        """Whether the training batch `next_batch` just returned is read in the (b, a) order: a fair coin
+        drawn from (seed, task, epoch, batch index), so a resumed run draws the same, and every rank too."""
+        epoch, after = position
+        return self.symmetric and random.Random(f"{self.seed}/{self.task.name}/{epoch}/{after - 1}").random() < 0.5
 
     def next_batch(self, position: list[int]) -> list[int]:
         """The indices of the next training batch, walking the bucketed epochs in order. `position` is
@@ -48,6 +70,11 @@ class TaskData:
                 position[1] += 1
                 return batches[index]
             position[0], position[1] = epoch + 1, 0
+
+
+def swap_pair(example):
+    """The pair (b, a) of an example (a, b), labels and ids unchanged."""
+    return dataclasses.replace(example, text_a=example.text_b, text_b=example.text_a)
 
 
 def dev_sample(dev: list, cap: int | None) -> list:
@@ -72,6 +99,8 @@ def load_task_data(task: Task, config: TrainConfig, tokenizer: BertTokenizer, he
     dev_batches = BucketBatchSampler(dev_lengths, 2 * config.batch_size, shuffle=False).batches()
     collate = Collator(tokenizer, config.max_length, siamese, regression=task.kind == "regression",
                        pad_multiple=pad_multiple)
-    tokens = (sum(lengths) + sum(dev_lengths)) * (2 if siamese else 1)  # siamese: the longer side, twice
+    symmetric = head.symmetric(task)
+    # siamese: the longer side, twice; a symmetric joint pair: as many tokens in either order
+    tokens = (sum(lengths) + sum(dev_lengths)) * (2 if siamese or symmetric else 1)
     return TaskData(task, train, dev, BucketBatchSampler(lengths, config.batch_size, seed=config.seed), dev_batches,
-                    collate, tokens)
+                    collate, tokens, symmetric, config.seed)

@@ -129,18 +129,21 @@ class Trainer:
             raise TrainingError(str(error)) from None
 
     def _make_cache(self) -> tuple[FrozenPrefixCache | None, dict]:
-        examples = sum((len(d.train) + len(d.dev)) * len(d.sides) for d in self.data)
+        examples = sum((len(d.train) + len(d.dev)) * d.encodings for d in self.data)
         return open_cache(self.model.frozen_prefix, self.model.prefix_is_whole_encoder, self.config.cache_frozen,
                           sum(d.tokens for d in self.data), examples, self.model.config.hidden_size,
                           self.precision.dtype, self.device, self.pad_multiple)
 
-    def _inputs(self, data: TaskData, split: str, indices: list[int]) -> tuple[dict, torch.Tensor]:
-        """Model inputs and labels of a batch. With the cache: stored prefix outputs when every example
-        has them (no tokenizing, no prefix), else the prefix runs on the batch and its outputs are stored."""
-        examples = [(data.train if split == "train" else data.dev)[i] for i in indices]
+    def _inputs(self, data: TaskData, split: str, indices: list[int],
+                swapped: bool = False) -> tuple[dict, torch.Tensor]:
+        """Model inputs and labels of a batch (its pairs read (b, a) when `swapped`). With the cache: stored
+        prefix outputs when every example has them (no tokenizing, no prefix), else the prefix runs on
+        the batch and its outputs are stored."""
+        examples = data.examples(split, indices, swapped)
         task = data.task.name
+        sides = data.sides(swapped)
         if self.cache is not None:
-            stored = [self.cache.lookup(task, split, side, indices) for side in data.sides]
+            stored = [self.cache.lookup(task, split, side, indices) for side in sides]
             if all(states is not None for states in stored):
                 prefixes = [self.cache.assemble(states, self.device) for states in stored]
                 inputs = {"batch": None, "batch_b": None, **self._prefix_inputs(prefixes)}
@@ -150,7 +153,7 @@ class Trainer:
         if self.cache is not None:
             with self.cache.filling(), self.precision.autocast():
                 prefixes = []
-                for side, encoded in zip(data.sides, (batch.inputs, batch.inputs_b)):
+                for side, encoded in zip(sides, (batch.inputs, batch.inputs_b)):
                     prefixes.append(self.model.prefix_output(task, encoded))
                     self.cache.store(task, split, side, indices, prefixes[-1].hidden, prefixes[-1].attention_mask)
             inputs.update(self._prefix_inputs(prefixes))
@@ -217,17 +220,21 @@ class Trainer:
             predictions, labels = [], []
             for indices in tqdm(data.dev_batches, desc=f"eval {data.task.name}", leave=False, disable=not self._bars()):
                 inputs, batch_labels = self._inputs(data, "dev", indices)
+                swapped = self._inputs(data, "dev", indices, swapped=True)[0] if data.symmetric else None
                 # a graph's output is overwritten by its next replay: keep a copy
-                predictions.append((self.eval_graphs or self._predict)(data.task.name, inputs).clone())
+                predictions.append((self.eval_graphs or self._predict)(data.task.name, inputs, swapped).clone())
                 labels.append(batch_labels)
             metrics[data.task.metric_key] = score(data.task, torch.cat(predictions).cpu(), torch.cat(labels).cpu())
         metrics["overall"] = overall_score({k: v for k, v in metrics.items()})
         self.model.train()
         return metrics
 
-    def _predict(self, task: str, inputs: dict) -> torch.Tensor:  # (B,) class indices or scores
+    def _predict(self, task: str, inputs: dict, swapped: dict | None = None) -> torch.Tensor:  # (B,) classes or scores
+        """Predictions of a dev batch; with `swapped` (the same pairs read (b, a)), of both orders together."""
         with self.precision.autocast():
             outputs = self.model(task, **inputs)
+            if swapped is not None:
+                outputs = self.model.mean_over_orders(task, outputs, self.model(task, **swapped))
         return self.model.predict(task, outputs)
 
     def _bars(self) -> bool:
@@ -257,12 +264,13 @@ class Trainer:
         then the device's (`_step`, replayed as a CUDA graph when graphs are on). Returns the loss
         tensor, unread."""
         indices = self._next_batch(data)
+        swapped = data.swapped_at(self.state["positions"][data.task.name])
         if self.world > 1:  # every rank takes its slice of the same global batch
             local = indices[self.rank :: self.world]
             weight = len(local) * self.world / len(indices)  # so averaged gradients equal the global mean
         else:
             local, weight = indices, 1.0
-        inputs, labels = self._inputs(data, "train", local)
+        inputs, labels = self._inputs(data, "train", local, swapped)
         # The middle of this step: neither the first nor the last step of a linear schedule is wasted at lr 0.
         self.progress.fill_(min(1.0, self._progress() + (0.5 / self.total_steps if self.total_steps else 0.0)))
         self.state["examples"] += len(indices)

@@ -29,9 +29,11 @@ COMMON = ["train", "--checkpoint", "random", "--hidden-size", "32", "--num-layer
           "--steps", "12", "--eval-every", "6", "--batch-size", "8", "--max-length", "32", "--max-train-examples", "16",
           "--max-eval-examples", "16", "--dropout", "0", "--head-dropout", "0", "--lr", "1e-3",
           "--sampling", "round_robin", "--backend", "torch", "--device", "cpu", "--quiet"]
-# (plan, further options): the last case scores pairs with cosine heads on sentences encoded alone.
+# (plan, further options): the fourth case scores pairs with cosine heads on sentences encoded alone;
+# the fifth reads pairs in a random order per batch (the same on every rank) and caches both orders.
 CASES = [("S[sst+para|sts]", []), ("F[sst+para|sts]", []), ("BL[sst+para|sts]", []),
-         ("S[sst+para|sts]", ["--pooling", "mean", "--cosine-tasks", "para,sts"])]
+         ("S[sst+para|sts]", ["--pooling", "mean", "--cosine-tasks", "para,sts"]),
+         ("F[sst+para|sts]", ["--symmetric-pairs"])]
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
@@ -40,7 +42,8 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 # "BL[sst+para|sts]": BitFit below, LoRA with one update for sst+para and one for sts above.
 @pytest.mark.parametrize("plan, options", CASES,
-                         ids=["shared-and-groups", "frozen-prefix-cached", "bitfit-and-lora", "mean-siamese-cosine"])
+                         ids=["shared-and-groups", "frozen-prefix-cached", "bitfit-and-lora", "mean-siamese-cosine",
+                              "symmetric-pairs-cached"])
 def test_two_processes_match_one(tmp_path, plan, options):
     args = [*COMMON, "--plan", plan, *options]
     single = subprocess.run([sys.executable, "-m", "mops", *args, "--out", str(tmp_path / "one")],

@@ -165,3 +165,35 @@ def test_a_mean_pooled_cosine_run_exports_a_complete_encoder_and_its_cosine_head
         cosine = torch.nn.functional.cosine_similarity(mean_pooled(first), mean_pooled(second), dim=-1)
         expected = model("sts", first, second).squeeze(-1)  # (B,)
         torch.testing.assert_close(head["scale"] * cosine + head["shift"], expected, rtol=0, atol=1e-5)
+
+
+def test_a_symmetric_pairs_run_says_how_to_predict_and_the_recipe_gives_its_predictions(tmp_path):
+    out = tmp_path / "run"
+    config = TrainConfig(tasks=["sst", "sts"], plan="SS", checkpoint="random", hidden_size=32, num_layers=2,
+                         data="demo", steps=4, batch_size=8, max_length=32, max_train_examples=16,
+                         max_eval_examples=16, lr=1e-2, backend="torch", device="cpu", out_dir=str(out),
+                         progress=False, pooling="mean", symmetric_pairs=True)
+    trainer = Trainer(config)
+    trainer.train()
+    trainer.model.load_state_dict(torch.load(out / "best.pt", weights_only=False)["model"])
+    trainer.model.eval()
+    folder = export_task(out, "sts", tmp_path / "sts").out_dir
+    info = json.loads((folder / "head.json").read_text())
+    assert info["symmetric"] is True and "both orders" in info["output"] and "mean score" in info["output"]
+    head = load_file(folder / "head.safetensors")
+    tokenizer = BertTokenizer.from_pretrained(str(folder))
+    exported = BertModel.from_pretrained(str(folder), backend="torch")
+
+    def score(first, second):  # (B,): the head on the mean-pooled joint encoding
+        batch = tokenizer(first, second)
+        hidden = exported(batch.input_ids, batch.attention_mask, batch.token_type_ids)["last_hidden_state"]
+        mask = batch.attention_mask.unsqueeze(-1).float()
+        return ((hidden * mask).sum(1) / mask.sum(1) @ head["weight"].T + head["bias"]).squeeze(-1)
+
+    ab, ba = tokenizer(*SENTENCES), tokenizer(SENTENCES[1], SENTENCES[0])
+    with torch.no_grad():
+        recipe = (score(*SENTENCES) + score(SENTENCES[1], SENTENCES[0])) / 2
+        trained = trainer._predict("sts", {"batch": ab}, {"batch": ba})  # what the run's dev metric reads
+    torch.testing.assert_close(recipe, trained, rtol=0, atol=1e-5)
+    single = json.loads((export_task(out, "sst", tmp_path / "sst").out_dir / "head.json").read_text())
+    assert single["symmetric"] is False and "both orders" not in single["output"]

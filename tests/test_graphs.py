@@ -153,15 +153,18 @@ def test_a_warm_up_is_required():
 # ----------------------------------------------------------------------------- in the trainer
 
 
-def test_a_graphed_run_trains_and_evaluates_as_an_eager_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("symmetric_pairs", [False, True], ids=["pairs-as-given", "symmetric-pairs"])
+def test_a_graphed_run_trains_and_evaluates_as_an_eager_one(tmp_path, monkeypatch, symmetric_pairs):
     """The trainer through the runner (the stand-in capture, graphs forced on): the same weights and
-    metrics as eager, every training and evaluation shape captured, from the same seed."""
+    metrics as eager, every training and evaluation shape captured, from the same seed. Symmetric
+    pairs hand the evaluation graphs both orders of each batch."""
     from test_trainer import tiny
 
     from multitask import trainer as trainer_module
 
     # Lengths padded to 16 on at most 32 tokens: few shapes, each seen often enough to be captured.
-    settings = dict(tasks=["sst", "sts"], steps=12, eval_every=3, max_train_examples=16, batch_size=8, pad_multiple=16)
+    settings = dict(tasks=["sst", "sts"], steps=12, eval_every=3, max_train_examples=16, batch_size=8, pad_multiple=16,
+                    symmetric_pairs=symmetric_pairs)
     eager = trainer_module.Trainer(tiny(tmp_path, out_dir=str(tmp_path / "eager"), **settings))
     eager_record = eager.train()
     monkeypatch.setattr(trainer_module, "resolve_graphs", lambda *a, **k: graphs.GraphsDecision(True, "on"))

@@ -114,7 +114,8 @@ def tiny(tmp_path, name: str, steps: int, **overrides) -> TrainConfig:
     dict(pooling="mean"),
     dict(pooling="cls", scale_regression=True),
     dict(pooling="mean", pair_encoding="siamese", cosine_tasks=["sts"]),
-], ids=["mean", "cls-scaled-targets", "mean-siamese-cosine"])
+    dict(pooling="mean", symmetric_pairs=True),
+], ids=["mean", "cls-scaled-targets", "mean-siamese-cosine", "mean-symmetric-pairs"])
 def test_a_resumed_run_with_each_option_continues_exactly_and_records_it(tmp_path, options):
     straight = Trainer(tiny(tmp_path, "straight", 6, **options))
     straight.train()

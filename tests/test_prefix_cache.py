@@ -81,6 +81,7 @@ def test_size_prediction_and_where_it_goes(monkeypatch):
         ("FS", {}),  # a frozen prefix under a shared layer
         ("F[sst+para|sts]", {}),  # task groups above a frozen prefix
         ("FS", {"pair_encoding": "siamese"}),  # both sentences of a pair, each cached
+        ("FS", {"symmetric_pairs": True}),  # both orders of a joint pair, each cached
         # States kept in bf16 round differently from the fp32 ones the uncached prefix hands on; this
         # untrained model's STS predictions spread by ~1e-4, which Pearson's r would magnify, so
         # the bf16 case compares the two accuracies.
@@ -88,7 +89,7 @@ def test_size_prediction_and_where_it_goes(monkeypatch):
         ("FL", {}),  # LoRA updates above the prefix train; the prefix stays below them
         ("FB", {}),
     ],
-    ids=["all-frozen", "frozen-under-shared", "groups-above", "siamese", "bf16", "lora-above", "bitfit-above"],
+    ids=["all-frozen", "frozen-under-shared", "groups-above", "siamese", "symmetric-pairs", "bf16", "lora-above", "bitfit-above"],
 )
 def test_the_cache_changes_no_metric(tmp_path, plan, overrides):
     records = {}
