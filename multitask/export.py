@@ -165,7 +165,8 @@ def _encoder_source(config: TrainConfig) -> tuple[BertConfig, Path]:
 def _head(saved: dict, config: TrainConfig, task: str) -> tuple[dict[str, torch.Tensor], dict]:
     """The task head's weights and the JSON that says how to apply them."""
     (record,) = make_tasks([task], config.data)
-    siamese = head_config(config).siamese(record)
+    head = head_config(config)
+    siamese, symmetric = head.siamese(record), head.symmetric(record)
     cosine = task in config.cosine_tasks
     prefix = f"heads.{task}." if cosine else f"heads.{task}.linear."
     state = {name.removeprefix(prefix): t.detach().cpu().contiguous()
@@ -180,7 +181,7 @@ def _head(saved: dict, config: TrainConfig, task: str) -> tuple[dict[str, torch.
         weights = (f"{HEAD_WEIGHTS}: weight ({state['weight'].shape[0]}, {state['weight'].shape[1]}), "
                    f"bias ({state['bias'].shape[0]},); outputs = input @ weight.T + bias")
         output = "regression score" if record.kind == "regression" else "class logits (argmax = label)"
-    if head_config(config).symmetric(record):
+    if symmetric:
         output += ("; a pair is read in both orders, (a, b) and (b, a), and the prediction is the mean score"
                    if record.kind == "regression" else
                    "; a pair is read in both orders, (a, b) and (b, a), and the label is the argmax of the mean "
@@ -200,7 +201,7 @@ def _head(saved: dict, config: TrainConfig, task: str) -> tuple[dict[str, torch.
         "input": ("cosine(u, v) of the pooled vectors u, v of each sentence encoded alone" if cosine
                   else "concat(u, v, |u - v|, u * v) of the pooled vectors u, v of each sentence encoded alone"
                   if siamese else "the pooled vector"),
-        "symmetric": head_config(config).symmetric(record),  # trained in both orders
+        "symmetric": symmetric,  # trained in both orders
         "weights": weights,
         "output": output,
         "plan": saved["plan"],

@@ -27,7 +27,7 @@ class TaskData:
     sampler: BucketBatchSampler  # length-bucketed training batches, reshuffled per epoch
     dev_batches: list[list[int]]  # dev indices sorted by length, cut into batches
     collate: Collator
-    tokens: int  # real tokens of every encoding of the training and dev examples (at most)
+    tokens: int  # real tokens of the training and dev examples in one encoding (siamese: the longer side)
     symmetric: bool = False  # pairs read in both orders (`HeadConfig.symmetric`)
     seed: int = 0  # of the training batches' orders
     epoch_cache: tuple[int, list[list[int]]] | None = None  # (epoch, its batches)
@@ -99,8 +99,5 @@ def load_task_data(task: Task, config: TrainConfig, tokenizer: BertTokenizer, he
     dev_batches = BucketBatchSampler(dev_lengths, 2 * config.batch_size, shuffle=False).batches()
     collate = Collator(tokenizer, config.max_length, siamese, regression=task.kind == "regression",
                        pad_multiple=pad_multiple)
-    symmetric = head.symmetric(task)
-    # siamese: the longer side, twice; a symmetric joint pair: as many tokens in either order
-    tokens = (sum(lengths) + sum(dev_lengths)) * (2 if siamese or symmetric else 1)
     return TaskData(task, train, dev, BucketBatchSampler(lengths, config.batch_size, seed=config.seed), dev_batches,
-                    collate, tokens, symmetric, config.seed)
+                    collate, sum(lengths) + sum(dev_lengths), head.symmetric(task), config.seed)

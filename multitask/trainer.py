@@ -129,9 +129,11 @@ class Trainer:
             raise TrainingError(str(error)) from None
 
     def _make_cache(self) -> tuple[FrozenPrefixCache | None, dict]:
+        # every encoding an example may be read in: at most as many tokens as its longest
         examples = sum((len(d.train) + len(d.dev)) * d.encodings for d in self.data)
+        tokens = sum(d.tokens * d.encodings for d in self.data)
         return open_cache(self.model.frozen_prefix, self.model.prefix_is_whole_encoder, self.config.cache_frozen,
-                          sum(d.tokens for d in self.data), examples, self.model.config.hidden_size,
+                          tokens, examples, self.model.config.hidden_size,
                           self.precision.dtype, self.device, self.pad_multiple)
 
     def _inputs(self, data: TaskData, split: str, indices: list[int],
