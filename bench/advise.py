@@ -8,21 +8,26 @@
    token ranked between S (one copy) and I (one per task): 756 more for three tasks.
 2. Predict each one's peak (bench.prediction) and keep those within the budget.
 3. Of those, keep the ones no other beats in predicted peak (lower) and trainable capacity
-   (higher), and pick K spread over that front. Capacity counts twice: the trainable parameters
-   in all (what per-task copies add) and the trainable parameters one task's path reads, on
-   average (how deep training reaches: `FFSS[a+b|c]2` adapts four layers for every task, `FFFFII`
-   two, though it has more parameters in all). On parameters in all alone, the deep, lightly
-   copied plans that often score best fall off the front.
-4. Probe them by successive halving: short training runs through the sweep machinery (one
-   process each, appended to a results file, so an interrupted advice resumes), the better half
-   by dev score kept at each round with the budget doubled, until one is left.
+   (higher). Capacity counts twice: the trainable parameters in all (what per-task copies add)
+   and the trainable parameters one task's path reads, on average (its reach: how deep training
+   goes; `FFSS[a+b|c]2` adapts four layers for every task, `FFFFII` two, though it has more
+   parameters in all). On parameters in all alone, the deep, lightly copied plans that often
+   score best fall off the front. Of that front, take the richest plan of each reach (within the
+   budget memory is free) and pick K spread from the shallowest to the deepest.
+4. Probe them by successive halving of the full run itself: every run is the run the user asked
+   for (its budget, schedule and seed), stopped at a quarter, a half, ... of its budget (one
+   process each, appended to a results file, so an interrupted advice resumes); the better half
+   by dev score goes on from where it stopped, until the last round runs the finalists to the end.
+   The recommendation's score is then that of the very run its command starts.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +39,12 @@ from multitask.model import HeadConfig, MultitaskBert
 from multitask.precision import Precision
 from multitask.sharing import parse_plan
 from multitask.tasks import Task
+from multitask.trainer import BEST_FILE, LAST_FILE
 
 from .prediction import Prediction, predict
 from .records import read_records
 from .sweep import SweepConfig, config_id, grid, run_sweep
 
-# Probe runs last a few dozen steps: a linear decay to zero over them halves what they learn, so
-# they run at a constant rate unless the user's --schedule says otherwise.
-PROBE_SCHEDULE = "constant"
 ORDER = ("F", "L", "B", "S", "I")  # bottom to top: what each layer may be, never lower than the one below
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -155,8 +158,20 @@ def front(candidates: Sequence[Candidate]) -> list[Candidate]:
     return kept
 
 
+def richest_by_reach(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Of the candidates alike in reach (how deep training goes for a task), the one with the most
+    trainable parameters in all (most kept for each task), ordered by reach. Within the budget memory
+    costs nothing, so what the probes should weigh is depth against depth, each at its fullest; the
+    leaner plans of the same depth are the front's answer to tighter budgets."""
+    richest: dict[int, Candidate] = {}
+    for candidate in candidates:
+        if candidate.reach not in richest or candidate.trainable > richest[candidate.reach].trainable:
+            richest[candidate.reach] = candidate
+    return [richest[reach] for reach in sorted(richest)]
+
+
 def spread(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
-    """K candidates spread evenly over a front ordered by peak, its two ends included."""
+    """K candidates spread evenly over an ordered list, its two ends included."""
     if len(candidates) <= k:
         return list(candidates)
     picks = sorted({round(i * (len(candidates) - 1) / (k - 1)) for i in range(k)}) if k > 1 else [len(candidates) - 1]
@@ -164,7 +179,8 @@ def spread(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
 
 
 def shortlist(candidates: Sequence[Candidate], budget: int, k: int) -> list[Candidate]:
-    """The K plans to probe: within the budget, on the (peak, capacity) front, spread along it."""
+    """The K plans to probe: within the budget, on the (peak, capacity) front, the richest of each
+    reach, spread evenly from the shallowest to the deepest."""
     fitting = [c for c in candidates if c.prediction.peak_bytes <= budget]
     if not fitting:
         cheapest = min(candidates, key=lambda c: c.prediction.peak_bytes)
@@ -172,31 +188,59 @@ def shortlist(candidates: Sequence[Candidate], budget: int, k: int) -> list[Cand
             f"no plan fits {budget / 2**20:,.0f} MiB: the cheapest, {cheapest.plan}, is predicted to peak at "
             f"{cheapest.prediction.peak_bytes / 2**20:,.0f} MiB (a smaller --batch-size or --max-length lowers it)"
         )
-    return spread(front(fitting), k)
+    return spread(richest_by_reach(front(fitting)), k)
 
 
-def successive_halving(plans: Sequence[str], tasks: Sequence[str], checkpoint: str, train: dict, probe_steps: int,
-                       results: str, run: Callable[[SweepConfig], Path] | None = None) -> list[dict[str, dict]]:
-    """Rounds of short runs: each round trains the remaining plans for `probe_steps * 2**round` steps
-    (through the sweep machinery, so runs already in `results` are not run again), keeps the better
-    half by dev overall score, and stops when one plan is left. Returns each round's records by plan
-    (a run that failed scores lowest)."""
+def halving_rounds(count: int) -> int:
+    """Rounds of successive halving for `count` plans: one per halving while more than one is left
+    (8 plans: 8, 4, 2, then the better of two), and a single round for one plan."""
+    rounds = 0
+    while count > 1:
+        rounds, count = rounds + 1, count // 2
+    return max(rounds, 1)
+
+
+def successive_halving(plans: Sequence[str], tasks: Sequence[str], checkpoint: str, train: dict, results: str,
+                       seed: int = 0, run: Callable[[SweepConfig], Path] | None = None) -> list[dict[str, dict]]:
+    """Rounds of the full run `train` describes, one run per plan, stopped early: of R rounds,
+    round r stops each run at 1/2**(R-1-r) of its budget (the schedule still laid over all of it)
+    and the last runs it to the end. The better half by dev overall score goes on to the next round,
+    each run resuming where it stopped, so the last round's scores are those of the very runs the
+    recommendation names, and 8 plans cost the work of 4 full runs. Runs already in `results` are
+    not run again (an interrupted advice resumes). Returns each round's records by plan (a run
+    that failed scores lowest)."""
     run = run or (lambda sweep: run_sweep(sweep, progress=False))
-    remaining, rounds = list(plans), []
-    while True:
-        steps = probe_steps * 2 ** len(rounds)
-        sweep = SweepConfig(checkpoints=[checkpoint], plans=remaining, task_sets=[list(tasks)],
-                            train={**train, "steps": steps, "eval_every": steps}, results=results)
-        path = run(sweep)
+    count = halving_rounds(len(plans))
+    remaining, rounds, folders = list(plans), [], {}
+    for index in range(count):
+        fraction = 0.5 ** (count - 1 - index)
+        sweep = SweepConfig(checkpoints=[checkpoint], plans=remaining, task_sets=[list(tasks)], seeds=[seed],
+                            train={**train, "stop_at": fraction if fraction < 1 else None}, results=results)
         ids = {config_id(config): config.plan for config in grid(sweep)}
+        for rid, plan in ids.items():
+            if plan in folders:  # go on from where the last round stopped this run
+                _carry_checkpoint(folders[plan], sweep.run_folder / rid)
+            folders[plan] = sweep.run_folder / rid
+        path = run(sweep)
         records = {ids[r["run_id"]]: r for r in read_records([path]) if r.get("run_id") in ids}
         rounds.append({plan: records.get(plan, {"status": "missing"}) for plan in remaining})
-        if len(remaining) <= 1:
-            return rounds
         ranked = sorted(remaining, key=lambda plan: overall(rounds[-1][plan]), reverse=True)
         remaining = ranked[: max(1, len(ranked) // 2)]
-        if len(remaining) == 1:
-            return rounds
+    return rounds
+
+
+def _carry_checkpoint(source: Path, target: Path) -> None:
+    """Give the next round's run folder the last round's checkpoints of the same run (hard links,
+    which the trainer's atomic saves replace rather than write through), unless it has its own."""
+    if (target / LAST_FILE).exists() or not (source / LAST_FILE).exists():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (LAST_FILE, BEST_FILE):  # best.pt: the best dev score may have come before the stop
+        if (source / name).exists():
+            try:
+                os.link(source / name, target / name)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(source / name, target / name)
 
 
 def overall(record: dict) -> float:
@@ -204,20 +248,22 @@ def overall(record: dict) -> float:
     return record["metrics"]["overall"] if record.get("status") == "ok" else float("-inf")
 
 
-def ranking(rounds: list[dict[str, dict]], predicted: dict[str, int], probe_steps: int) -> tuple[list[str], str]:
+def ranking(rounds: list[dict[str, dict]], predicted: dict[str, int]) -> tuple[list[str], str]:
     """Plans best first (those that lasted more rounds first, then by their last round's score) and
-    the table: predicted and measured peak, the steps of their last round, their dev metrics."""
+    the table: predicted and measured peak, the steps and seconds of training each run reached,
+    its dev metrics."""
     last = {plan: (index, record) for index, scores in enumerate(rounds) for plan, record in scores.items()}
     ranked = sorted(last, key=lambda plan: (-last[plan][0], -overall(last[plan][1])))
     metric_names = next((list(r["metrics"]) for _, r in last.values() if r.get("status") == "ok"), [])
     rows = []
     for plan in ranked:
-        index, record = last[plan]
-        memory = record.get("memory") or {}
+        record = last[plan][1]
+        memory, timing = record.get("memory") or {}, record.get("timing") or {}
         scores = [f"{record['metrics'][m]:.3f}" for m in metric_names] if record.get("status") == "ok" else \
             [record.get("status", "?")] * len(metric_names)
         rows.append([plan, f"{predicted[plan] / 2**20:,.0f}",
                      f"{memory['peak_bytes'] / 2**20:,.0f}" if memory.get("peak_bytes") else "-",
-                     probe_steps * 2**index, *scores])
-    return ranked, tabulate(rows, headers=["plan", "pred MiB", "peak MiB", "steps", *metric_names], tablefmt="github",
-                            disable_numparse=True)
+                     timing.get("steps", "-"),
+                     f"{timing['train_seconds']:,.0f}" if timing.get("train_seconds") is not None else "-", *scores])
+    return ranked, tabulate(rows, headers=["plan", "pred MiB", "peak MiB", "steps", "train s", *metric_names],
+                            tablefmt="github", disable_numparse=True)

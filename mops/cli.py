@@ -18,8 +18,8 @@ import torch.distributed as dist
 from tabulate import tabulate
 
 from bench.advise import (
-    PROBE_SCHEDULE, candidate_plans, parse_budget, predict_candidates, ranking, shortlist, successive_halving,
-    task_groupings,
+    AdviceError, candidate_plans, halving_rounds, parse_budget, predict_candidates, ranking, shortlist,
+    successive_halving, task_groupings,
 )
 from bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
 from bench.gpu_check import RUNNING_ENV, CheckConfig, default_folder, run_check
@@ -195,13 +195,19 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
-ADVISE_SETS = ("plan", "hidden_size", "num_layers", "epochs", "steps", "seconds", "eval_every", "out_dir", "progress")
+ADVISE_SETS = ("plan", "hidden_size", "num_layers", "stop_at", "eval_every", "out_dir", "progress")
+BUDGETS = ("epochs", "steps", "seconds")
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
     """Predict, shortlist and probe plans for a memory budget; print the ranking and the command to run."""
     budget = parse_budget(args.budget)
     settings = config_settings(args)
+    if args.probe_steps is not None and args.probe_steps <= 0:
+        raise AdviceError(f"--probe-steps must be a positive number of steps, got {args.probe_steps}")
+    if args.probe_steps is not None and any(name in settings for name in BUDGETS):
+        raise AdviceError("--probe-steps sets the full run's length (the first round's steps, doubled each "
+                          "round); give it or the run's budget (--steps, --epochs, --seconds), not both")
     config = TrainConfig(**settings)
     pretrained = build_encoder(config)  # a checkpoint, or `random` at --hidden-size x --num-layers
     tasks = make_tasks(config.tasks, config.data)
@@ -215,17 +221,29 @@ def cmd_advise(args: argparse.Namespace) -> int:
     print(f"{fitting} of {len(candidates)} plans are predicted to fit {budget / 2**20:,.0f} MiB at batch "
           f"{config.batch_size} x {config.max_length} ({precision.name}); probing {len(probed)}: "
           f"{', '.join(c.plan for c in probed)}")
+    rounds = halving_rounds(len(probed))
+    if args.probe_steps is not None:  # the full run: the first round's steps, doubled each round
+        settings["steps"] = args.probe_steps * 2 ** (rounds - 1)
+    stops = [f"1/{2 ** (rounds - 1 - r)}" for r in range(rounds - 1)] + ["the end"]
+    print(f"each probe is the full run ({_budget_text(TrainConfig(**settings))}) stopped at {', '.join(stops)} of "
+          "it; the better half goes on from each stop")
     train = {k: v for k, v in settings.items() if k not in ("tasks", "checkpoint", "seed")}
-    probe = {"schedule": PROBE_SCHEDULE, **train, "progress": False}  # a --schedule given is kept
-    rounds = successive_halving([c.plan for c in probed], config.tasks, config.checkpoint, probe, args.probe_steps,
-                                args.results)
-    ranked, table = ranking(rounds, {c.plan: c.prediction.peak_bytes for c in probed}, args.probe_steps)
+    records = successive_halving([c.plan for c in probed], config.tasks, config.checkpoint,
+                                 {**train, "progress": False}, args.results, config.seed)
+    ranked, table = ranking(records, {c.plan: c.prediction.peak_bytes for c in probed})
     print(table)
     best = ranked[0]
     command = ["mops", "train", "--plan", best, *[part for name, value in settings.items()
                                                    for part in _flag_and_value(name, value)]]
     print(f"\nrecommended: {best}\n  {' '.join(command)}")
     return 0
+
+
+def _budget_text(config: TrainConfig) -> str:
+    """The run's budget as the user would say it: '120 steps', '1 epoch', '600 s' (the first to end wins)."""
+    parts = [f"{config.steps} steps" if config.steps else "", f"{config.epochs:g} epoch{'s' * (config.epochs != 1)}"
+             if config.epochs else "", f"{config.seconds:g} s" if config.seconds else ""]
+    return " or ".join(part for part in parts if part)
 
 
 def _flag_and_value(name: str, value) -> list[str]:
@@ -323,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     advise = commands.add_parser("advise", help="the best plan for a memory budget: predict, shortlist, probe")
     advise.add_argument("--budget", required=True, help="memory for training: 4GiB, 4096MiB, 4GB or bytes")
-    advise.add_argument("--probe-steps", type=int, default=40, help="steps of the first probing round (default 40)")
+    advise.add_argument("--probe-steps", type=int, default=None,
+                        help="steps of the first probing round, doubled each round up to the full run "
+                             "(default: the rounds are 1/4, 1/2 and all of the run's own budget, --steps, "
+                             "--epochs or --seconds; 1 epoch when none is given)")
     advise.add_argument("--candidates", type=int, default=8, help="plans to probe (default 8)")
     advise.add_argument("--groups", action="store_true",
                         help="also enumerate plans with task groups (one split of the tasks per plan)")

@@ -51,6 +51,9 @@ class TrainConfig:
                                          "(the first budget reached stops; 1 epoch when no budget is given)")
     steps: int | None = setting(None, "budget in optimizer steps (default: none)")
     seconds: float | None = setting(None, "budget in seconds of training (default: none)")
+    stop_at: float | None = setting(None, "end the run once this fraction of its budget is spent, the schedule "
+                                          "still laid over the whole budget; run it again without this to go on "
+                                          "(how `mops advise` probes a run's beginning)")
     batch_size: int = setting(32, "examples per batch")
     lr: float = setting(5e-5, "peak learning rate")
     schedule: str = setting("linear", "learning-rate schedule: linear warm-up then decay to 0, or constant",
@@ -106,9 +109,10 @@ class TrainConfig:
     check_every: int = setting(25, "steps between reads of the device-side loss check and the progress bar's "
                                    "loss (each read waits for the GPU)")
 
-    # Fields that may change between a run and its resumption (budgets and cosmetics).
-    RESUMABLE_CHANGES = ("epochs", "steps", "seconds", "progress", "eval_every", "device", "cache_frozen",
-                         "cuda_graphs", "check_every")
+    # Fields that may change between a run and its resumption: budgets, cosmetics, and the folder
+    # (a run moved or copied elsewhere goes on there).
+    RESUMABLE_CHANGES = ("epochs", "steps", "seconds", "stop_at", "progress", "eval_every", "device", "cache_frozen",
+                         "cuda_graphs", "check_every", "out_dir")
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.seconds is None:
@@ -133,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not self.lora_targets:
             raise ValueError(f"lora_targets names no layer; choose from {', '.join(LORA_TARGETS)}")
+        if self.stop_at is not None and not 0.0 < self.stop_at <= 1.0:
+            raise ValueError(f"stop_at must be a fraction of the budget in (0, 1], got {self.stop_at}")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
         absent = [name for name in self.cosine_tasks if name not in self.tasks]

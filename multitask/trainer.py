@@ -251,6 +251,8 @@ class Trainer:
         c, s = self.config, self.state
         if self.total_steps is not None and s["step"] >= self.total_steps:
             return False
+        if c.stop_at is not None and self._progress() >= c.stop_at:  # a probe of the run's beginning
+            return False
         return c.seconds is None or s["train_seconds"] < c.seconds
 
     def _progress(self) -> float:

@@ -5,19 +5,22 @@ and the errors for budgets that cannot be read or met."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 import bench.sweep
 from bench.advise import (
-    AdviceError, Candidate, candidate_plans, front, parse_budget, predict_candidates, ranking, shortlist, spread,
-    successive_halving, task_groupings,
+    AdviceError, Candidate, candidate_plans, front, halving_rounds, parse_budget, predict_candidates, ranking,
+    shortlist, spread, successive_halving, task_groupings,
 )
 from bench.prediction import Prediction
 from minbert import BertConfig, BertModel
 from mops.cli import main
+from multitask.config import TrainConfig
 from multitask.precision import Precision
 from multitask.tasks import make_tasks
+from multitask.trainer import Trainer
 
 MiB = 2**20
 
@@ -50,11 +53,14 @@ def candidate(plan: str, peak_mib: float, trainable: int, reach: int = 0) -> Can
     return Candidate(plan, prediction, trainable, reach)
 
 
-def test_the_shortlist_fits_the_budget_keeps_the_front_and_spreads_over_it():
-    pool = [candidate("FF", 100, 10), candidate("FS", 200, 50), candidate("SF", 250, 40),  # SF: dominated by FS
-            candidate("SS", 300, 90), candidate("SI", 400, 150), candidate("II", 900, 300)]
+def test_the_shortlist_fits_the_budget_keeps_the_front_and_the_richest_plan_of_each_reach():
+    pool = [candidate("FF", 100, 10, 10), candidate("FS", 200, 50, 40), candidate("SF", 250, 40, 40),  # SF: below FS
+            candidate("SS", 300, 90, 90), candidate("SI", 400, 150, 90), candidate("II", 900, 300, 90)]
     assert [c.plan for c in front(pool)] == ["FF", "FS", "SS", "SI", "II"]
-    assert [c.plan for c in shortlist(pool, 450 * MiB, 8)] == ["FF", "FS", "SS", "SI"]
+    # within 450 MiB, SS and SI train as deep; SI keeps more for each task and the memory is there
+    assert [c.plan for c in shortlist(pool, 450 * MiB, 8)] == ["FF", "FS", "SI"]
+    assert [c.plan for c in shortlist(pool, 350 * MiB, 8)] == ["FF", "FS", "SS"]
+    assert [c.plan for c in shortlist(pool, 450 * MiB, 2)] == ["FF", "SI"]  # the shallowest and the deepest
     assert [c.plan for c in spread(front(pool), 3)] == ["FF", "SS", "II"]  # both ends and the middle
     with pytest.raises(AdviceError, match="no plan fits 50 MiB: the cheapest, FF, is predicted to peak at 100 MiB"):
         shortlist(pool, 50 * MiB, 8)
@@ -84,31 +90,64 @@ def test_predictions_of_every_candidate_rise_with_capacity():
 
 
 def fake_runs(scores: dict[str, float], calls: list):
-    """Stands in for the child process of each probe run: a record with the plan's score."""
+    """Stands in for the child process of each probe run: a record with the plan's score, and a
+    checkpoint in the run's folder saying how far the run got, as the trainer's would."""
 
     def run_one(config, rid, timeout_s=None):
-        calls.append((config.plan, config.steps))
+        folder = Path(config.out_dir)
+        resumed_from = (folder / "last.pt").read_text() if (folder / "last.pt").exists() else None
+        calls.append((config.plan, config.stop_at, resumed_from))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "last.pt").write_text(f"{config.plan} at {config.stop_at or 1}")
         return {"run_id": rid, "status": "ok", "config": dataclasses.asdict(config),
-                "metrics": {"overall": scores[config.plan]}, "memory": {"peak_bytes": 100 * MiB}}
+                "metrics": {"overall": scores[config.plan]}, "memory": {"peak_bytes": 100 * MiB},
+                "timing": {"steps": round(40 * (config.stop_at or 1)), "train_seconds": 12.0}}
 
     return run_one
 
 
-def test_successive_halving_keeps_the_better_half_doubles_the_steps_and_resumes(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("plans", "rounds"), [(1, 1), (2, 1), (3, 1), (4, 2), (7, 2), (8, 3), (16, 4)])
+def test_halving_rounds_go_on_while_more_than_one_plan_is_left(plans, rounds):
+    assert halving_rounds(plans) == rounds
+
+
+def test_successive_halving_stops_the_full_run_early_keeps_the_better_half_and_goes_on(tmp_path, monkeypatch):
     scores = {"FFFFFF": 0.3, "FFFSSS": 0.6, "FFSSSS": 0.7, "FSSSSS": 0.5}
     calls: list = []
     monkeypatch.setattr(bench.sweep, "run_one", fake_runs(scores, calls))
     results = str(tmp_path / "advise.jsonl")
-    rounds = successive_halving(list(scores), ["sst"], "minilm", {"data": "demo", "progress": False}, 10, results)
-    assert sorted(calls) == sorted([(p, 10) for p in scores] + [("FFSSSS", 20), ("FFFSSS", 20)])
+    train = {"data": "demo", "steps": 40, "progress": False}
+    rounds = successive_halving(list(scores), ["sst"], "minilm", train, results)
+    # four plans, two rounds: every run stopped at half its budget, then the better two run to the
+    # end from where they stopped (each from its own checkpoint)
+    assert sorted(calls, key=str) == sorted([(p, 0.5, None) for p in scores] + [
+        ("FFSSSS", None, "FFSSSS at 0.5"), ("FFFSSS", None, "FFFSSS at 0.5")], key=str)
     assert [sorted(r) for r in rounds] == [sorted(scores), ["FFFSSS", "FFSSSS"]]
-    ranked, table = ranking(rounds, {plan: 200 * MiB for plan in scores}, 10)
+    assert {r["config"]["steps"] for scores_ in rounds for r in scores_.values()} == {40}  # the schedule's length
+    ranked, table = ranking(rounds, {plan: 200 * MiB for plan in scores})
     assert ranked == ["FFSSSS", "FFFSSS", "FSSSSS", "FFFFFF"]
-    assert [cell.strip() for cell in table.splitlines()[2].split("|")[1:6]] == ["FFSSSS", "200", "100", "20", "0.700"]
+    header, _, best = table.splitlines()[:3]
+    assert [cell.strip() for cell in header.split("|")[1:7]] == ["plan", "pred MiB", "peak MiB", "steps", "train s",
+                                                                 "overall"]
+    assert [cell.strip() for cell in best.split("|")[1:7]] == ["FFSSSS", "200", "100", "40", "12", "0.700"]
     calls.clear()  # asked again: every probe run is in the results file already
-    assert successive_halving(list(scores), ["sst"], "minilm", {"data": "demo", "progress": False}, 10,
-                              results) == rounds
+    assert successive_halving(list(scores), ["sst"], "minilm", train, results) == rounds
     assert calls == []
+
+
+def test_the_finalists_scores_are_those_of_the_full_runs_they_recommend(tmp_path):
+    """Probing is the full run, stopped and resumed: a finalist's record equals `mops train` of the
+    same settings run straight through (a linear schedule, so a shorter run would differ)."""
+    train = dict(data="demo", num_layers=2, steps=8, batch_size=4, max_length=16, max_eval_examples=16, lr=1e-3,
+                 schedule="linear", sampling="round_robin", backend="torch", device="cpu", progress=False)
+    rounds = successive_halving(["FS", "FI", "SS", "II"], ["sst", "sts"], "random", train, str(tmp_path / "a.jsonl"))
+    assert [len(r) for r in rounds] == [4, 2]
+    finalist, record = next(iter(rounds[1].items()))
+    assert record["resumed"] and [point["step"] for point in record["curve"]] == [4, 8]
+    assert {path.name for path in Path(record["config"]["out_dir"]).glob("*.pt")} == {"last.pt", "best.pt"}
+    straight = Trainer(TrainConfig(**train, tasks=["sst", "sts"], checkpoint="random", plan=finalist,
+                                   out_dir=str(tmp_path / "straight"))).train()
+    assert record["metrics"] == straight["metrics"]
 
 
 def test_advise_refuses_an_unreadable_or_unmeetable_budget(capsys):
@@ -129,28 +168,43 @@ def test_task_groups_split_the_tasks_between_one_copy_and_one_per_task():
     assert len(candidate_plans(6, groupings=task_groupings(["sst", "para", "sts"]))) == 210 + 3 * 252
 
 
-def test_advise_with_groups_probes_at_a_constant_rate_unless_told(tmp_path, monkeypatch, capsys):
-    """`--groups` adds the grouped plans (printed in canonical form); probe runs use a constant
-    schedule, since a linear decay over a few dozen steps halves what they can learn."""
+def test_advise_probes_the_very_run_it_recommends(tmp_path, monkeypatch, capsys):
+    """`--groups` adds the grouped plans (printed in canonical form). Every probe is the full run
+    with the user's settings (schedule, seed, budget) stopped early, and the recommended command
+    is that run; `--probe-steps` sets the full run's length from its first round instead."""
     seen: list = []
 
     def run_one(config, rid, timeout_s=None):
-        seen.append((config.plan, config.schedule))
+        seen.append((config.schedule, config.steps, config.stop_at, config.seed))
         return {"run_id": rid, "status": "ok", "config": dataclasses.asdict(config),
                 "metrics": {"overall": 0.1 * len(set(config.plan))}, "memory": {"peak_bytes": 10 * MiB}}
 
     monkeypatch.setattr(bench.sweep, "run_one", run_one)
     small = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     monkeypatch.setattr("mops.cli.build_encoder", lambda config: BertModel(small, backend="torch"))  # two layers
-    common = ["advise", "--budget", "4GiB", "--data", "demo", "--batch-size", "4", "--max-length", "16", "--probe-steps", "2", "--candidates", "4"]
-    with pytest.raises(SystemExit) as ended:
-        main([*common, "--groups", "--results", str(tmp_path / "a.jsonl")])
-    assert ended.value.code == 0
-    printed = capsys.readouterr().out
+    common = ["advise", "--budget", "4GiB", "--data", "demo", "--batch-size", "4", "--max-length", "16",
+              "--candidates", "4"]
+
+    def advise(*args: str) -> str:
+        seen.clear()
+        with pytest.raises(SystemExit) as ended:
+            main([*common, *args])
+        assert ended.value.code == 0
+        return capsys.readouterr().out
+
+    printed = advise("--groups", "--probe-steps", "2", "--results", str(tmp_path / "a.jsonl"))
     assert "33 of 33 plans are predicted to fit 4,096 MiB" in printed  # 15 plain plans and 6 per grouping
-    assert seen and {schedule for _, schedule in seen} == {"constant"}
-    assert "recommended:" in printed and "--schedule" not in printed.split("recommended:")[1]  # the user's settings
-    seen.clear()
-    with pytest.raises(SystemExit):
-        main([*common, "--schedule", "linear", "--results", str(tmp_path / "b.jsonl")])
-    assert "15 of 15 plans" in capsys.readouterr().out and {schedule for _, schedule in seen} == {"linear"}
+    assert "each probe is the full run (4 steps) stopped at 1/2, the end of it" in printed
+    assert set(seen) == {("linear", 4, 0.5, 0), ("linear", 4, None, 0)}  # 2 steps, then 4
+    assert printed.split("recommended:")[1].split()[1:] == [
+        "mops", "train", "--plan", printed.split("recommended:")[1].split()[0], "--data", "demo", "--batch-size", "4",
+        "--max-length", "16", "--steps", "4"]
+    printed = advise("--steps", "8", "--schedule", "constant", "--seed", "3", "--results", str(tmp_path / "b.jsonl"))
+    assert "15 of 15 plans" in printed and set(seen) == {("constant", 8, 0.5, 3), ("constant", 8, None, 3)}
+    assert {"--steps 8", "--schedule constant", "--seed 3"} <= {" ".join(pair) for pair in
+                                                               zip(*[iter(printed.split("mops train")[1].split())] * 2)}
+    for wrong, says in ((["--probe-steps", "2", "--steps", "8"], "give it or the run's budget"),
+                        (["--probe-steps", "0"], "--probe-steps must be a positive number of steps, got 0")):
+        with pytest.raises(SystemExit) as ended:
+            main([*common, *wrong])
+        assert ended.value.code == 2 and says in capsys.readouterr().err

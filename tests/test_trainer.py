@@ -106,6 +106,26 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, plan):
         assert any(name.endswith("lora_B") and torch.count_nonzero(t) for name, t in second.model.state_dict().items())
 
 
+def test_a_run_stopped_at_a_fraction_of_its_budget_goes_on_exactly_as_if_never_stopped(tmp_path):
+    # stop_at ends the run early but keeps the linear schedule laid over all 8 steps, so the
+    # beginning probed is the beginning of the very run that is later continued
+    linear = dict(schedule="linear", warmup=0.25, steps=8, eval_every=100, sampling="round_robin")
+    straight = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "straight"), **linear))
+    uninterrupted = straight.train()
+    probe = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "split"), stop_at=0.25, **linear)).train()
+    assert probe["timing"]["steps"] == 2 and [p["step"] for p in probe["curve"]] == [2]
+    half = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "split"), stop_at=0.5, **linear)).train()
+    assert half["resumed"] and half["timing"]["steps"] == 4
+    rest = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "split"), **linear))
+    record = rest.train()
+    assert record["timing"]["steps"] == 8 and [p["step"] for p in record["curve"]] == [2, 4, 8]
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), rest.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert record["metrics"] == uninterrupted["metrics"]
+    with pytest.raises(ValueError, match=r"stop_at must be a fraction of the budget in \(0, 1\]"):
+        tiny(tmp_path, stop_at=1.5)
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     Trainer(tiny(tmp_path, steps=3)).train()
     with pytest.raises(TrainingError, match="different settings.*lr"):
