@@ -343,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--budget", required=True, help="memory for training: 4GiB, 4096MiB, 4GB or bytes")
     advise.add_argument("--probe-steps", type=int, default=None,
                         help="steps of the first probing round, doubled each round up to the full run "
-                             "(default: the rounds are 1/4, 1/2 and all of the run's own budget, --steps, "
-                             "--epochs or --seconds; 1 epoch when none is given)")
+                             "(default: the rounds stop at fractions of the run's own budget, --steps, --epochs "
+                             "or --seconds, 1 epoch when none is given: 1/4, 1/2 and the end for 8 plans)")
     advise.add_argument("--candidates", type=int, default=8, help="plans to probe (default 8)")
     advise.add_argument("--groups", action="store_true",
                         help="also enumerate plans with task groups (one split of the tasks per plan)")
