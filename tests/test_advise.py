@@ -196,13 +196,13 @@ def test_advise_probes_the_very_run_it_recommends(tmp_path, monkeypatch, capsys)
     assert "33 of 33 plans are predicted to fit 4,096 MiB" in printed  # 15 plain plans and 6 per grouping
     assert "each probe is the full run (4 steps) stopped at 1/2, the end of it" in printed
     assert set(seen) == {("linear", 4, 0.5, 0), ("linear", 4, None, 0)}  # 2 steps, then 4
-    assert printed.split("recommended:")[1].split()[1:] == [
-        "mops", "train", "--plan", printed.split("recommended:")[1].split()[0], "--data", "demo", "--batch-size", "4",
-        "--max-length", "16", "--steps", "4"]
+    plan, command = printed.split("recommended: ")[1].strip().split("\n")
+    assert command.split() == ["mops", "train", "--plan", plan, "--data", "demo", "--batch-size", "4",
+                               "--max-length", "16", "--steps", "4"]
     printed = advise("--steps", "8", "--schedule", "constant", "--seed", "3", "--results", str(tmp_path / "b.jsonl"))
     assert "15 of 15 plans" in printed and set(seen) == {("constant", 8, 0.5, 3), ("constant", 8, None, 3)}
-    assert {"--steps 8", "--schedule constant", "--seed 3"} <= {" ".join(pair) for pair in
-                                                               zip(*[iter(printed.split("mops train")[1].split())] * 2)}
+    command = printed.split("recommended: ")[1].split("\n")[1]
+    assert all(f" {setting} " in f"{command} " for setting in ("--steps 8", "--schedule constant", "--seed 3"))
     for wrong, says in ((["--probe-steps", "2", "--steps", "8"], "give it or the run's budget"),
                         (["--probe-steps", "0"], "--probe-steps must be a positive number of steps, got 0")):
         with pytest.raises(SystemExit) as ended:
