@@ -158,6 +158,14 @@ def front(candidates: Sequence[Candidate]) -> list[Candidate]:
     return kept
 
 
+def alike(candidates: Sequence[Candidate], plan: str) -> list[str]:
+    """The other plans equal to `plan` in predicted peak and both capacities: the front keeps one
+    of them, yet which tasks share a layer can move the score (other task groups of one shape,
+    or a group in place of one shared and one per-task layer)."""
+    key = next(_key(c) for c in candidates if c.plan == plan)
+    return [c.plan for c in candidates if _key(c) == key and c.plan != plan]
+
+
 def richest_by_reach(candidates: Sequence[Candidate]) -> list[Candidate]:
     """Of the candidates alike in reach (how deep training goes for a task), the one with the most
     trainable parameters in all (most kept for each task), ordered by reach. Within the budget memory

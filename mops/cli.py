@@ -18,7 +18,7 @@ import torch.distributed as dist
 from tabulate import tabulate
 
 from bench.advise import (
-    AdviceError, candidate_plans, halving_rounds, parse_budget, predict_candidates, ranking, shortlist,
+    AdviceError, alike, candidate_plans, halving_rounds, parse_budget, predict_candidates, ranking, shortlist,
     successive_halving, task_groupings,
 )
 from bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
@@ -236,6 +236,10 @@ def cmd_advise(args: argparse.Namespace) -> int:
     command = ["mops", "train", "--plan", best, *[part for name, value in settings.items()
                                                    for part in _flag_and_value(name, value)]]
     print(f"\nrecommended: {best}\n  {' '.join(command)}")
+    twins = alike(candidates, best)
+    if twins:
+        print(f"not probed, alike in predicted peak and capacity (the split of tasks can still move the score): "
+              f"{', '.join(twins)}")
     return 0
 
 

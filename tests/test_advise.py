@@ -11,7 +11,7 @@ import pytest
 
 import bench.sweep
 from bench.advise import (
-    AdviceError, Candidate, candidate_plans, front, halving_rounds, parse_budget, predict_candidates, ranking,
+    AdviceError, Candidate, alike, candidate_plans, front, halving_rounds, parse_budget, predict_candidates, ranking,
     shortlist, spread, successive_halving, task_groupings,
 )
 from bench.prediction import Prediction
@@ -74,6 +74,14 @@ def test_a_deeper_reach_keeps_a_plan_on_the_front_that_more_parameters_in_all_wo
     assert [c.plan for c in front([deep, candidate("FFFFII", 300, trainable=110, reach=70)])] == ["FFFFII"]
     twins = [candidate("FFFFFF", 100, 5, 5), candidate("FFFFFF,pooler=F", 100, 5, 5)]  # alike: the first kept
     assert [c.plan for c in front(twins)] == ["FFFFFF"]
+
+
+def test_plans_alike_in_peak_and_capacity_are_named_since_the_front_keeps_one():
+    pool = [candidate("FFSSSI", 348, 100, 70), candidate("FFSS[a+b|c]2", 348, 100, 70),
+            candidate("FFSS[a+c|b]2", 348, 100, 70), candidate("FFSSSS", 294, 70, 70)]
+    assert [c.plan for c in front(pool)] == ["FFSSSS", "FFSSSI"]
+    assert alike(pool, "FFSSSI") == ["FFSS[a+b|c]2", "FFSS[a+c|b]2"]
+    assert alike(pool, "FFSSSS") == []
 
 
 def test_predictions_of_every_candidate_rise_with_capacity():
@@ -196,7 +204,7 @@ def test_advise_probes_the_very_run_it_recommends(tmp_path, monkeypatch, capsys)
     assert "33 of 33 plans are predicted to fit 4,096 MiB" in printed  # 15 plain plans and 6 per grouping
     assert "each probe is the full run (4 steps) stopped at 1/2, the end of it" in printed
     assert set(seen) == {("linear", 4, 0.5, 0), ("linear", 4, None, 0)}  # 2 steps, then 4
-    plan, command = printed.split("recommended: ")[1].strip().split("\n")
+    plan, command = printed.split("recommended: ")[1].strip().split("\n")[:2]
     assert command.split() == ["mops", "train", "--plan", plan, "--data", "demo", "--batch-size", "4",
                                "--max-length", "16", "--steps", "4"]
     printed = advise("--steps", "8", "--schedule", "constant", "--seed", "3", "--results", str(tmp_path / "b.jsonl"))
