@@ -208,6 +208,13 @@ def halving_rounds(count: int) -> int:
     return max(rounds, 1)
 
 
+def stops(count: int) -> list[float]:
+    """Where each round of successive halving over `count` plans stops its runs, as fractions of the
+    full run's budget: [0.25, 0.5, 1.0] for 8 plans, [1.0] for up to 3."""
+    rounds = halving_rounds(count)
+    return [0.5 ** (rounds - 1 - index) for index in range(rounds)]
+
+
 def successive_halving(plans: Sequence[str], tasks: Sequence[str], checkpoint: str, train: dict, results: str,
                        seed: int = 0, run: Callable[[SweepConfig], Path] | None = None) -> list[dict[str, dict]]:
     """Rounds of the full run `train` describes, one run per plan, stopped early: of R rounds,
@@ -218,10 +225,8 @@ def successive_halving(plans: Sequence[str], tasks: Sequence[str], checkpoint: s
     not run again (an interrupted advice resumes). Returns each round's records by plan (a run
     that failed scores lowest)."""
     run = run or (lambda sweep: run_sweep(sweep, progress=False))
-    count = halving_rounds(len(plans))
     remaining, rounds, folders = list(plans), [], {}
-    for index in range(count):
-        fraction = 0.5 ** (count - 1 - index)
+    for fraction in stops(len(plans)):
         sweep = SweepConfig(checkpoints=[checkpoint], plans=remaining, task_sets=[list(tasks)], seeds=[seed],
                             train={**train, "stop_at": fraction if fraction < 1 else None}, results=results)
         ids = {config_id(config): config.plan for config in grid(sweep)}

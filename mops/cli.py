@@ -18,7 +18,7 @@ import torch.distributed as dist
 from tabulate import tabulate
 
 from bench.advise import (
-    AdviceError, alike, candidate_plans, halving_rounds, parse_budget, predict_candidates, ranking, shortlist,
+    AdviceError, alike, candidate_plans, parse_budget, predict_candidates, ranking, shortlist, stops,
     successive_halving, task_groupings,
 )
 from bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
@@ -221,11 +221,11 @@ def cmd_advise(args: argparse.Namespace) -> int:
     print(f"{fitting} of {len(candidates)} plans are predicted to fit {budget / 2**20:,.0f} MiB at batch "
           f"{config.batch_size} x {config.max_length} ({precision.name}); probing {len(probed)}: "
           f"{', '.join(c.plan for c in probed)}")
-    rounds = halving_rounds(len(probed))
+    fractions = stops(len(probed))
     if args.probe_steps is not None:  # the full run: the first round's steps, doubled each round
-        settings["steps"] = args.probe_steps * 2 ** (rounds - 1)
-    stops = [f"1/{2 ** (rounds - 1 - r)}" for r in range(rounds - 1)] + ["the end"]
-    print(f"each probe is the full run ({_budget_text(TrainConfig(**settings))}) stopped at {', '.join(stops)} of "
+        settings["steps"] = round(args.probe_steps / fractions[0])
+    shown = [f"1/{round(1 / f)}" for f in fractions[:-1]] + ["the end"]
+    print(f"each probe is the full run ({_budget_text(TrainConfig(**settings))}) stopped at {', '.join(shown)} of "
           "it; the better half goes on from each stop")
     train = {k: v for k, v in settings.items() if k not in ("tasks", "checkpoint", "seed")}
     records = successive_halving([c.plan for c in probed], config.tasks, config.checkpoint,
