@@ -230,16 +230,28 @@ def successive_halving(plans: Sequence[str], tasks: Sequence[str], checkpoint: s
         sweep = SweepConfig(checkpoints=[checkpoint], plans=remaining, task_sets=[list(tasks)], seeds=[seed],
                             train={**train, "stop_at": fraction if fraction < 1 else None}, results=results)
         ids = {config_id(config): config.plan for config in grid(sweep)}
+        stopped = {plan: folders[plan] for plan in remaining if plan in folders}
         for rid, plan in ids.items():
-            if plan in folders:  # go on from where the last round stopped this run
-                _carry_checkpoint(folders[plan], sweep.run_folder / rid)
+            if plan in stopped:  # go on from where the last round stopped this run
+                _carry_checkpoint(stopped[plan], sweep.run_folder / rid)
             folders[plan] = sweep.run_folder / rid
         path = run(sweep)
         records = {ids[r["run_id"]]: r for r in read_records([path]) if r.get("run_id") in ids}
         rounds.append({plan: records.get(plan, {"status": "missing"}) for plan in remaining})
         ranked = sorted(remaining, key=lambda plan: overall(rounds[-1][plan]), reverse=True)
         remaining = ranked[: max(1, len(ranked) // 2)]
+        # A MiniLM checkpoint is hundreds of MB: keep only what a later round (or the user, for the
+        # finalists' full runs) reads, never a stop another round has gone on from or a dropped run.
+        dropped = ranked[len(remaining):] if fraction < 1 else []
+        for folder in [*stopped.values(), *(folders[plan] for plan in dropped)]:
+            _drop_checkpoints(folder)
     return rounds
+
+
+def _drop_checkpoints(folder: Path) -> None:
+    """Remove a probe run's checkpoints, keeping its results.json."""
+    for name in (LAST_FILE, BEST_FILE):
+        (folder / name).unlink(missing_ok=True)
 
 
 def _carry_checkpoint(source: Path, target: Path) -> None:

@@ -132,6 +132,10 @@ def test_successive_halving_stops_the_full_run_early_keeps_the_better_half_and_g
         ("FFSSSS", None, "FFSSSS at 0.5"), ("FFFSSS", None, "FFFSSS at 0.5")], key=str)
     assert [sorted(r) for r in rounds] == [sorted(scores), ["FFFSSS", "FFSSSS"]]
     assert {r["config"]["steps"] for scores_ in rounds for r in scores_.values()} == {40}  # the schedule's length
+    # checkpoints kept: the finalists' full runs only (the stops they went on from, and the dropped
+    # runs, are deleted; every run keeps its results)
+    kept = sorted(path.read_text() for path in (tmp_path / "advise.runs").glob("*/last.pt"))
+    assert kept == ["FFFSSS at 1", "FFSSSS at 1"]
     ranked, table = ranking(rounds, {plan: 200 * MiB for plan in scores})
     assert ranked == ["FFSSSS", "FFFSSS", "FSSSSS", "FFFFFF"]
     header, _, best = table.splitlines()[:3]
