@@ -9,15 +9,43 @@ VENV        ?= .venv
 CONSTRAINTS ?= constraints/cpu.txt
 BIN         := $(VENV)/bin
 
-.PHONY: demo test bench gpu-check install clean
+LOCK_VENV   := .venv-lock
+LATEST_VENV := .venv-latest
+
+.PHONY: demo test test-latest lock bench gpu-check install clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) --upgrade pip
 	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed
+
+# The lock: every package of the CPU environment at the version `make test` was last run with,
+# resolved afresh in a scratch venv from pyproject.toml, the CPU torch and the holds, never by hand.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -c constraints/torch-cpu.txt -c constraints/holds.txt '.[test]'
+	{ echo "# Made by \`make lock\` from pyproject.toml, constraints/torch-cpu.txt and constraints/holds.txt:"; \
+	  echo "# the exact CPU environment \`make test\` and \`make demo\` install. Do not edit by hand."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable --exclude mops --exclude mops-bert; \
+	} > constraints/cpu.txt.new
+	mv constraints/cpu.txt.new constraints/cpu.txt
+	rm -rf $(LOCK_VENV)
+
+# The suite against the newest releases the registry serves (torch still the CPU build), in a
+# venv of its own: run it before submitting, so tomorrow's release finds MOPS already working.
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager \
+		-c constraints/torch-cpu.txt -e '.[test]'
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
+	$(LATEST_VENV)/bin/python -m pytest
 
 demo: $(BIN)/.installed
 	$(BIN)/mops demo
@@ -38,4 +66,4 @@ gpu-check:
 	$(PYTHON) -m mops gpu-check$(if $(DATA), --data "$(DATA)")$(if $(CHECKPOINT), --checkpoint "$(CHECKPOINT)")
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks
+	rm -rf $(VENV) $(LOCK_VENV) $(LATEST_VENV) .pytest_cache .benchmarks
