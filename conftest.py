@@ -2,7 +2,7 @@
 
 * Without a GPU, Triton kernels run through Triton's CPU interpreter; the variable must be
   set before any kernel is defined, so it is set here, before the tests import `kernels`.
-* `pytest --benchmark` runs the benchmark suite under bench/suite instead of the tests.
+* `pytest --benchmark` runs the benchmark suite under benchmarks instead of the tests.
 * Under pytest-xdist the workers share the cores: each gets cores / workers threads (torch's
   and, through OMP_NUM_THREADS, its child processes'), not a thread per core each.
 * With MOPS_FAILURE_LOG set, each failure's traceback is appended to that file (one JSON line)
@@ -19,9 +19,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-BENCH_SUITE = os.path.join(os.path.dirname(__file__), "bench", "suite")
-RESULTS = os.path.join(os.path.dirname(__file__), "bench", "results")
-FAILURE_LOG_ENV = "MOPS_FAILURE_LOG"  # bench.gpu_check sets it for its test run
+BENCH_SUITE = os.path.join(os.path.dirname(__file__), "benchmarks")
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+FAILURE_LOG_ENV = "MOPS_FAILURE_LOG"  # tools.gpu_check sets it for its test run
 _failure_log = None  # the file, in the process that reports (the xdist controller, or the only one)
 
 
@@ -41,14 +41,14 @@ def pytest_addoption(parser):
         "--benchmark",
         action="store_true",
         default=False,
-        help="run the benchmark suite (bench/suite) instead of the correctness tests",
+        help="run the benchmark suite (benchmarks) instead of the correctness tests",
     )
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     """With --benchmark: collect the benchmark suite instead of tests/ (unless paths are given),
-    and save the run as JSON under bench/results/, named after the device."""
+    and save the run as JSON under results/, named after the device."""
     global _failure_log
     if not hasattr(config, "workerinput"):  # xdist workers forward their reports to the controller
         _failure_log = os.environ.get(FAILURE_LOG_ENV) or None
@@ -62,7 +62,7 @@ def pytest_configure(config):
     if not config.args or {os.path.abspath(a) for a in config.args} <= default_args:
         config.args[:] = [BENCH_SUITE]
     if getattr(config.option, "benchmark_json", None) is None:
-        from multitask.environment import device_tag
+        from mops.common.machine import device_tag
 
         os.makedirs(RESULTS, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")

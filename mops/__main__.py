@@ -1,5 +1,5 @@
 """`python -m mops` runs the command line."""
 
-from .cli import main
+from mops.cli import main
 
 main()

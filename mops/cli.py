@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -17,34 +16,39 @@ import torch
 import torch.distributed as dist
 from tabulate import tabulate
 
-from bench.advise import (
-    AdviceError, alike, candidate_plans, parse_budget, predict_candidates, ranking, shortlist, stops,
-    successive_halving, task_groupings,
+from mops.bench.advise import (
+    AdviceError,
+    alike,
+    candidate_plans,
+    parse_budget,
+    predict_candidates,
+    ranking,
+    shortlist,
+    stops,
+    successive_halving,
+    task_groupings,
 )
-from bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
-from bench.gpu_check import RUNNING_ENV, CheckConfig, default_folder, run_check
-from bench.kernel_table import device_rows, update_table
-from bench.memory import MemorySampler
-from bench.prediction import predict
-from bench.report import report
-from bench.sweep import GRID_FIELDS, SET_BY_SWEEP, SweepConfig, run_sweep, shard_results_path, sweep_from_args
-from multitask.accounting import account_model
-from multitask.config import TrainConfig, head_config
-from multitask.devices import init_distributed_from_env, resolve_device
-from multitask.data import DataError
-from multitask.download import SOURCES, DownloadError, download
-from multitask.encoders import build_encoder
-from multitask.environment import device_name
-from multitask.export import export_task
-from multitask.model import MultitaskBert
-from multitask.precision import resolve_precision
-from multitask.prefix_cache import predict_bytes
-from multitask.sharing import parse_plan
-from multitask.tasks import TASK_NAMES, make_tasks
-from multitask.trainer import Trainer
-
-from .options import add_config_options, comma_list, config_settings, flag_of
-
+from mops.bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
+from mops.bench.memory import MemorySampler
+from mops.bench.report import report
+from mops.bench.sweep import GRID_FIELDS, SET_BY_SWEEP, SweepConfig, run_sweep, shard_results_path, sweep_from_args
+from mops.common.machine import device_name
+from mops.kernels.dispatch import device_rows
+from mops.multitask.data.download import SOURCES, DownloadError, download
+from mops.multitask.data.examples import DataError
+from mops.multitask.data.tasks import TASK_NAMES, make_tasks
+from mops.multitask.sharing.accounting import account_model
+from mops.multitask.sharing.model import MultitaskBert
+from mops.multitask.sharing.plan import parse_plan
+from mops.multitask.training.config import TrainConfig, head_config
+from mops.multitask.training.devices import init_distributed_from_env, resolve_device
+from mops.multitask.training.encoders import build_encoder
+from mops.multitask.training.export import export_task
+from mops.multitask.training.precision import resolve_precision
+from mops.multitask.training.prediction import predict
+from mops.multitask.training.prefix_cache import predict_bytes
+from mops.multitask.training.trainer import Trainer
+from mops.options import add_config_options, comma_list, config_settings, flag_of
 
 # ---- commands ---------------------------------------------------------------------------------
 
@@ -179,10 +183,6 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     """What `backend="auto"` runs per op on a GPU, and the measurement behind each choice."""
-    if args.from_benchmark:
-        rows = update_table(args.from_benchmark)
-        print(f"dispatch table updated from {', '.join(map(str, args.from_benchmark))}: "
-              f"{len(rows)} rows for {', '.join(sorted({r['device'] for r in rows})) or 'no device'}")
     name = args.device_name or (device_name() if torch.cuda.is_available() else None)
     rows = device_rows(name)
     print(f"backend='auto' on {name or 'the CPU'}:")
@@ -257,16 +257,6 @@ def _flag_and_value(name: str, value) -> list[str]:
     return [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
 
 
-def cmd_gpu_check(args: argparse.Namespace) -> int:
-    if not torch.cuda.is_available():
-        raise RuntimeError("gpu-check needs a CUDA GPU, and this machine has none; the CPU suite is `make test`")
-    if os.environ.get(RUNNING_ENV):
-        raise RuntimeError(f"gpu-check is already running ({RUNNING_ENV} is set): a check inside a check "
-                           "would compete with it for the GPU and its deadline")
-    return run_check(CheckConfig(out=Path(args.out) if args.out else default_folder(), data=args.data,
-                                 checkpoint=args.checkpoint))
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """One task's encoder of a run as a standard BERT folder, and its head beside it."""
     exported = export_task(args.run_dir, args.task, args.out_dir)
@@ -339,8 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     kernels = commands.add_parser("kernels", help="what backend='auto' runs per op on a GPU, and the measurement behind it")
     kernels.add_argument("--device-name", default=None,
                          help="a GPU name as torch reports it, e.g. 'NVIDIA H100 80GB HBM3' (default: this machine's)")
-    kernels.add_argument("--from-benchmark", nargs="+", type=Path, metavar="JSON",
-                         help="first merge these `pytest --benchmark` results into the dispatch table")
     kernels.set_defaults(handler=cmd_kernels)
 
     advise = commands.add_parser("advise", help="the best plan for a memory budget: predict, shortlist, probe")
@@ -352,17 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--candidates", type=int, default=8, help="plans to probe (default 8)")
     advise.add_argument("--groups", action="store_true",
                         help="also enumerate plans with task groups (one split of the tasks per plan)")
-    advise.add_argument("--results", default="results/advise.jsonl",
+    advise.add_argument("--results", default="runs/advise.jsonl",
                         help="JSONL file of the probe runs; an interrupted advice resumes from it")
     add_config_options(advise, exclude=ADVISE_SETS)
     advise.set_defaults(handler=cmd_advise)
 
-    gpu = commands.add_parser("gpu-check", help="benchmarks, 60-second training runs and the tests on this GPU (`make gpu-check`)")
-    gpu.add_argument("--data", default="demo", help="CS224N folder for the training runs (default: the demo corpus)")
-    gpu.add_argument("--checkpoint", default=None,
-                     help="checkpoint folder for the training runs; stands in for the embedded one where it is not installed")
-    gpu.add_argument("--out", default=None, help="results folder (default: bench/results/GPU-TIME)")
-    gpu.set_defaults(handler=cmd_gpu_check)
 
     export = commands.add_parser(
         "export", help="write one task's trained encoder as a standard BERT folder (LoRA merged, BitFit in place)",

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable, Collection
 from typing import Any
 
-from multitask.config import TrainConfig
+from mops.multitask.training.config import TrainConfig
 
 
 def _base_type(annotation: Any) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from multitask.batching import Collator, LabeledBatch
-from multitask.data import Example
+from mops.multitask.data.batching import Collator, LabeledBatch
+from mops.multitask.data.examples import Example
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from minbert.checkpoint import EmbeddedCheckpointMissing, embedded_checkpoint_dir
+from mops.minbert.checkpoint import EmbeddedCheckpointMissing, embedded_checkpoint_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -6,7 +6,7 @@ EmbeddedCheckpointMissing; tests whose child processes load it carry `requires_e
 
 import pytest
 
-from minbert.checkpoint import EMBEDDED_ENV, embedded_checkpoint_available
+from mops.minbert.checkpoint import EMBEDDED_ENV, embedded_checkpoint_available
 
 requires_embedded_checkpoint = pytest.mark.skipif(
     not embedded_checkpoint_available(),

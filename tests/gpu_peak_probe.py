@@ -14,13 +14,13 @@ import sys
 
 import torch
 
-from bench.prediction import predict
-from minbert import BertModel, BertTokenizer
-from multitask.batching import Collator
-from multitask.model import MultitaskBert
-from multitask.precision import Precision
-from multitask.sharing import parse_plan
-from multitask.tasks import make_tasks
+from mops.minbert import BertModel, BertTokenizer
+from mops.multitask.data.batching import Collator
+from mops.multitask.data.tasks import make_tasks
+from mops.multitask.sharing.model import MultitaskBert
+from mops.multitask.sharing.plan import parse_plan
+from mops.multitask.training.precision import Precision
+from mops.multitask.training.prediction import predict
 
 TASKS = ["sst", "para", "sts"]
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minbert import AdamW, Batch, BertConfig, BertModel
-from multitask.accounting import account, account_model
-from multitask.lora import LoRAConfig
-from multitask.model import HeadConfig, MultitaskBert
-from multitask.sharing import parse_plan
-from multitask.tasks import Task
+from mops.minbert import AdamW, Batch, BertConfig, BertModel
+from mops.multitask.data.tasks import Task
+from mops.multitask.sharing.accounting import account, account_model
+from mops.multitask.sharing.lora import LoRAConfig
+from mops.multitask.sharing.model import HeadConfig, MultitaskBert
+from mops.multitask.sharing.plan import parse_plan
 
 V, H, L, I, P, T = 50, 16, 3, 24, 20, 2  # vocabulary, width, layers, feed-forward width, positions, segments
 CONFIG = BertConfig(

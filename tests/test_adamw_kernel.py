@@ -12,18 +12,18 @@ import math
 import pytest
 import torch
 
-import kernels
-import kernels.adamw
-import kernels.backend
-from kernels import reference
-from minbert import AdamW
+import mops.kernels.adamw
+import mops.kernels.dispatch
+from mops import kernels
+from mops.kernels import reference
+from mops.minbert import AdamW
 
 CUDA = torch.cuda.is_available()
 # Where the Triton path runs: the GPU when there is one, else the CPU interpreter (conftest.py).
 DEVICE = "cuda" if CUDA else "cpu"
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 
-BLOCK = kernels.adamw.BLOCK
+BLOCK = mops.kernels.adamw.BLOCK
 # Sizes around the block (one element, one block exactly, one past it, many blocks, 2-D).
 SHAPES = [(1,), (17,), (BLOCK,), (BLOCK + 1,), (3, 1000), (2 * BLOCK + 123,), (768,), (5, 7, 11)]
 ULP = torch.finfo(torch.float32).eps
@@ -111,7 +111,7 @@ def test_tables_follow_changing_tensors():
 def test_new_gradients_of_the_same_sizes_reuse_the_block_table():
     """zero_grad(set_to_none=True) gives every step new gradient tensors: a new address table, the
     same block table, and the step still right."""
-    import kernels.adamw as adamw
+    import mops.kernels.adamw as adamw
 
     adamw.clear_cache()
     hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, correct_bias=True)
@@ -145,7 +145,7 @@ def test_tensors_the_kernel_does_not_take_still_step():
 
 
 def test_optimizer_with_triton_backend_matches_torch_backend():
-    """minbert.optim.AdamW over two groups and three steps, the kernel beside the twin."""
+    """mops.minbert.optim.AdamW over two groups and three steps, the kernel beside the twin."""
     g = torch.Generator().manual_seed(0)
     shapes = [(65, 33), (65,), (3, 65), (3,)]
     model = [torch.nn.Parameter(torch.randn(s, generator=g).to(DEVICE)) for s in shapes]
@@ -177,7 +177,7 @@ def test_auto_uses_twin_on_cpu():
 
 
 def test_triton_on_cpu_without_interpreter_says_so(monkeypatch):
-    monkeypatch.setattr(kernels.backend, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(mops.kernels.dispatch, "interpreter_enabled", lambda: False)
     params, ms, vs = _state([(10,)], torch.float32, "cpu", seed=1)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         kernels.adamw_step(
@@ -222,14 +222,14 @@ def test_bf16_params_fp32_states_cuda():
 
 def test_one_launch_per_call(monkeypatch):
     calls = []
-    kernel = kernels.adamw._adamw_kernel
+    kernel = mops.kernels.adamw._adamw_kernel
 
     class Counting:
         def __getitem__(self, grid):
             calls.append(grid)
             return kernel[grid]
 
-    monkeypatch.setattr(kernels.adamw, "_adamw_kernel", Counting())
+    monkeypatch.setattr(mops.kernels.adamw, "_adamw_kernel", Counting())
     params, ms, vs = _state(SHAPES, torch.float32, DEVICE, seed=0)
     kernels.adamw_step(
         params, _grads(params, 1), ms, vs, step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6,
@@ -283,8 +283,8 @@ def test_the_launch_is_the_same_at_every_step(monkeypatch):
     """What the host passes the kernel does not change from step to step (a CUDA graph replays it
     as captured), while the count and the rate it reads do."""
     calls = []
-    real = kernels.adamw.launch
-    monkeypatch.setattr(kernels.adamw, "launch", lambda *args, **kwargs: (calls.append((args, kwargs)),
+    real = mops.kernels.adamw.launch
+    monkeypatch.setattr(mops.kernels.adamw, "launch", lambda *args, **kwargs: (calls.append((args, kwargs)),
                                                                           real(*args, **kwargs))[1])
     params, ms, vs = _state([(100,), (BLOCK + 3,)], torch.float32, DEVICE, seed=8)
     counts = torch.zeros(2, device=DEVICE)

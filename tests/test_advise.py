@@ -1,4 +1,4 @@
-"""bench.advise and `mops advise`: reading a budget, the plans considered, the shortlist on the
+"""mops.bench.advise and `mops advise`: reading a budget, the plans considered, the shortlist on the
 (peak, capacity) front, successive halving through the sweep machinery (and its resumption),
 and the errors for budgets that cannot be read or met."""
 
@@ -9,18 +9,29 @@ from pathlib import Path
 
 import pytest
 
-import bench.sweep
-from bench.advise import (
-    AdviceError, Candidate, alike, candidate_plans, front, halving_rounds, parse_budget, predict_candidates, ranking,
-    shortlist, spread, successive_halving, task_groupings,
+import mops.bench.sweep
+from mops.bench.advise import (
+    AdviceError,
+    Candidate,
+    alike,
+    candidate_plans,
+    front,
+    halving_rounds,
+    parse_budget,
+    predict_candidates,
+    ranking,
+    shortlist,
+    spread,
+    successive_halving,
+    task_groupings,
 )
-from bench.prediction import Prediction
-from minbert import BertConfig, BertModel
 from mops.cli import main
-from multitask.config import TrainConfig
-from multitask.precision import Precision
-from multitask.tasks import make_tasks
-from multitask.trainer import Trainer
+from mops.minbert import BertConfig, BertModel
+from mops.multitask.data.tasks import make_tasks
+from mops.multitask.training.config import TrainConfig
+from mops.multitask.training.precision import Precision
+from mops.multitask.training.prediction import Prediction
+from mops.multitask.training.trainer import Trainer
 
 MiB = 2**20
 
@@ -122,7 +133,7 @@ def test_halving_rounds_go_on_while_more_than_one_plan_is_left(plans, rounds):
 def test_successive_halving_stops_the_full_run_early_keeps_the_better_half_and_goes_on(tmp_path, monkeypatch):
     scores = {"FFFFFF": 0.3, "FFFSSS": 0.6, "FFSSSS": 0.7, "FSSSSS": 0.5}
     calls: list = []
-    monkeypatch.setattr(bench.sweep, "run_one", fake_runs(scores, calls))
+    monkeypatch.setattr(mops.bench.sweep, "run_one", fake_runs(scores, calls))
     results = str(tmp_path / "advise.jsonl")
     train = {"data": "demo", "steps": 40, "progress": False}
     rounds = successive_halving(list(scores), ["sst"], "minilm", train, results)
@@ -191,7 +202,7 @@ def test_advise_probes_the_very_run_it_recommends(tmp_path, monkeypatch, capsys)
         return {"run_id": rid, "status": "ok", "config": dataclasses.asdict(config),
                 "metrics": {"overall": 0.1 * len(set(config.plan))}, "memory": {"peak_bytes": 10 * MiB}}
 
-    monkeypatch.setattr(bench.sweep, "run_one", run_one)
+    monkeypatch.setattr(mops.bench.sweep, "run_one", run_one)
     small = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     monkeypatch.setattr("mops.cli.build_encoder", lambda config: BertModel(small, backend="torch"))  # two layers
     common = ["advise", "--budget", "4GiB", "--data", "demo", "--batch-size", "4", "--max-length", "16",

@@ -1,4 +1,4 @@
-"""kernels.attention (Triton) against its PyTorch twin and a float64 reference.
+"""mops.kernels.attention (Triton) against its PyTorch twin and a float64 reference.
 
 Values and the three gradients on shapes that include L = 1, odd lengths, batch 1, head dims
 32 / 64 / 128 (and one that is not a power of two), transposed (B, L, H, D) views, and masks
@@ -18,15 +18,15 @@ import math
 import pytest
 import torch
 
-import kernels.backend
-from kernels import dispatch, reference
-from kernels.attention import _attention_dropout_mask, _attention_with_seed, _draw_seed, attention
+import mops.kernels.dispatch
+from mops.kernels import dispatch, reference
+from mops.kernels.attention import _attention_dropout_mask, _attention_with_seed, _draw_seed, attention
 
-attention_module = importlib.import_module("kernels.attention")  # `kernels.attention` names the function
+attention_module = importlib.import_module("mops.kernels.attention")  # `mops.kernels.attention` names the function
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 requires_cuda = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
-if not ON_GPU and not kernels.backend.interpreter_enabled():
+if not ON_GPU and not mops.kernels.dispatch.interpreter_enabled():
     pytest.skip("no GPU and TRITON_INTERPRET is not set: the Triton kernels cannot run", allow_module_level=True)
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -379,7 +379,7 @@ def test_a_bad_seed_tensor_is_refused():
 
 
 def test_triton_on_cpu_without_interpreter_says_so(monkeypatch):
-    monkeypatch.setattr(kernels.backend, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(mops.kernels.dispatch, "interpreter_enabled", lambda: False)
     q = torch.randn(1, 1, 4, 16)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         attention(q, q, q, backend="triton")
@@ -461,4 +461,4 @@ def test_gpu_auto_follows_the_dispatch_table_and_fp32_is_exact():
     compare(2, 4, 130, 64, "holes", F32, "blhd", seed=9, device="cuda")
     q = torch.randn(1, 2, 16, 32, device="cuda")
     measured = dispatch.choose("attention", torch.cuda.get_device_name(q.device)).backend
-    assert kernels.backend.resolve_backend("auto", q, op="attention") == measured
+    assert mops.kernels.dispatch.resolve_backend("auto", q, op="attention") == measured

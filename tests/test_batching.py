@@ -1,4 +1,4 @@
-"""multitask.batching: bucketed sampling covers every example once, deterministically, with little padding."""
+"""mops.multitask.data.batching: bucketed sampling covers every example once, deterministically, with little padding."""
 
 import random
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from minbert.tokenizer import BertTokenizer
-from multitask.batching import BucketBatchSampler, Collator, LabeledBatch, restore_order, token_lengths
-from multitask.data import Example
-from multitask.synthetic import make_corpus
+from mops.minbert.tokenizer import BertTokenizer
+from mops.multitask.data.batching import BucketBatchSampler, Collator, LabeledBatch, restore_order, token_lengths
+from mops.multitask.data.examples import Example
+from mops.multitask.data.synthetic import make_corpus
 
 
 @pytest.fixture(scope="module")

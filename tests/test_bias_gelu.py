@@ -1,4 +1,4 @@
-"""kernels.bias_gelu (exact erf GELU of x + bias) against its PyTorch twin: values, dx, dbias.
+"""mops.kernels.bias_gelu (exact erf GELU of x + bias) against its PyTorch twin: values, dx, dbias.
 
 Tolerances as in the other kernel tests: float32 directly against a float64 reference;
 float16/bfloat16 within twice the PyTorch twin's own error against that reference.
@@ -12,10 +12,9 @@ import random
 import pytest
 import torch
 
-import kernels
-import kernels.backend
-from kernels import reference
-from kernels.bias_gelu import _launch_config, backward_programs
+import mops.kernels.dispatch
+from mops.kernels import reference
+from mops.kernels.bias_gelu import _launch_config, backward_programs
 
 CUDA = torch.cuda.is_available()
 # Where the Triton path runs: the GPU when there is one, else the CPU interpreter (conftest.py).
@@ -51,7 +50,7 @@ def _forward_backward(fn, x, bias, dy):
 
 
 def _triton(x, bias):
-    return kernels.bias_gelu(x, bias, backend="triton")
+    return mops.kernels.bias_gelu(x, bias, backend="triton")
 
 
 def _check(shape, dtype, device):
@@ -82,7 +81,7 @@ def test_matches_reference(shape, dtype):
 def test_exact_erf_not_tanh():
     """At u = 1 exact GELU is 0.5 (1 + erf(1/sqrt 2)) = 0.841345; the tanh form gives 0.841192."""
     x = torch.tensor([[1.0, -1.0, 0.0, 3.0]], device=DEVICE)
-    y = kernels.bias_gelu(x, torch.zeros(4, device=DEVICE), backend="triton")
+    y = mops.kernels.bias_gelu(x, torch.zeros(4, device=DEVICE), backend="triton")
     expected = [0.5 * u * (1 + math.erf(u / math.sqrt(2))) for u in (1.0, -1.0, 0.0, 3.0)]
     assert y[0].tolist() == pytest.approx(expected, rel=1e-6, abs=1e-7)
     assert abs(y[0, 0].item() - 0.841192) > 1e-4
@@ -112,20 +111,20 @@ def test_only_requested_gradients():
 
 def test_auto_uses_twin_on_cpu():
     x, bias, _ = _make((4, 384), torch.float32, "cpu")
-    assert torch.equal(kernels.bias_gelu(x, bias), reference.bias_gelu(x, bias))
+    assert torch.equal(mops.kernels.bias_gelu(x, bias), reference.bias_gelu(x, bias))
 
 
 def test_triton_on_cpu_without_interpreter_says_so(monkeypatch):
-    monkeypatch.setattr(kernels.backend, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(mops.kernels.dispatch, "interpreter_enabled", lambda: False)
     x, bias, _ = _make((2, 384), torch.float32, "cpu")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        kernels.bias_gelu(x, bias, backend="triton")
+        mops.kernels.bias_gelu(x, bias, backend="triton")
 
 
 def test_bad_bias_shape_is_refused():
     x, bias, _ = _make((2, 384), torch.float32, DEVICE)
     with pytest.raises(ValueError, match="bias must have shape"):
-        kernels.bias_gelu(x, bias[:10], backend="triton")
+        mops.kernels.bias_gelu(x, bias[:10], backend="triton")
 
 
 BIG = [(4096, 3072), (8, 128, 3072), (513, 1000)]

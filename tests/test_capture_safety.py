@@ -25,16 +25,16 @@ import importlib
 
 import pytest
 import torch
+from test_trainer import tiny
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import kernels.backend
-from multitask.graphs import resolve_graphs
-from multitask.trainer import Trainer
-from test_trainer import tiny
+import mops.kernels.dispatch
+from mops.multitask.training.graphs import resolve_graphs
+from mops.multitask.training.trainer import Trainer
 
 can_trace_backward = pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"),
                                         reason="this torch cannot trace Tensor.backward() in a compiled function")
-needs_interpreter = pytest.mark.skipif(not kernels.backend.interpreter_enabled(),
+needs_interpreter = pytest.mark.skipif(not mops.kernels.dispatch.interpreter_enabled(),
                                        reason="the Triton kernels on the CPU need TRITON_INTERPRET=1")
 
 
@@ -149,7 +149,7 @@ def test_with_the_triton_kernels_every_replay_launches_alike_and_masks_differ(tm
     the host hands the kernels the same arguments at every replay; the losses still differ."""
     launches: list[list] = []
     for name in ("attention", "layer_norm", "bias_gelu", "adamw"):
-        module = importlib.import_module(f"kernels.{name}")  # `kernels.attention` names the function
+        module = importlib.import_module(f"mops.kernels.{name}")  # `mops.kernels.attention` names the function
         real = module.launch
 
         def spy(kernel_name, kernel, grid, *args, _real=real, **kwargs):

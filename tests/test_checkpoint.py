@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert import BertConfig, BertModel, CheckpointError, save_pretrained
-from minbert.checkpoint import normalise_keys, resolve_checkpoint_dir
+from mops.minbert import BertConfig, BertModel, CheckpointError, save_pretrained
+from mops.minbert.checkpoint import normalise_keys, resolve_checkpoint_dir
 
 SMALL = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                    intermediate_size=48, max_position_embeddings=32)

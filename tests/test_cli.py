@@ -12,12 +12,12 @@ import re
 from pathlib import Path
 
 import pytest
-
-import bench.sweep
-from bench.records import append_record, run_id
 from embedded import requires_embedded_checkpoint
+
+from mops.bench import sweep as sweep_module
+from mops.bench.records import append_record, run_id
 from mops.cli import main
-from multitask.tasks import TASK_NAMES
+from mops.multitask.data.tasks import TASK_NAMES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -165,7 +165,7 @@ def test_sweep_options_make_the_grid(tmp_path, monkeypatch):
         started.append(config)
         return {"run_id": rid, "status": "ok", "config": dataclasses.asdict(config), "metrics": {"overall": 0.5}}
 
-    monkeypatch.setattr(bench.sweep, "run_one", record_only)
+    monkeypatch.setattr(sweep_module, "run_one", record_only)
     assert mops("sweep", "--widths", "32,64", "--plans", "FS", "--task-sets", "sst,para;sts", "--seeds", "1,2",
                 "--steps", "3", "--lr", "1e-3", "--results", str(tmp_path / "r.jsonl"), "--quiet") == 0
     assert [(c.checkpoint, c.hidden_size, c.plan, c.tasks, c.seed) for c in started] == [

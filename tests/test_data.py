@@ -1,4 +1,4 @@
-"""multitask.data: the CS224N reader and writer on small hand-made files and on the real files."""
+"""mops.multitask.data.examples: the CS224N reader and writer on small hand-made files and on the real files."""
 
 import logging
 import os
@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mops.options import flag_of
-from multitask.data import (
+from mops.multitask.data.examples import (
     FILES,
     TASK_KINDS,
     DataError,
@@ -18,6 +17,7 @@ from multitask.data import (
     read_file,
     write_file,
 )
+from mops.options import flag_of
 
 
 def real_data_dir() -> Path:
@@ -65,7 +65,7 @@ def test_quora_blank_labels_skipped_counted_and_logged_once(tmp_path, caplog):
         + "9\tq3\tA?\tB?\t  \r\n"
         + "10\tq4\tWho are you?\tWhere are you?\t0.0\r\n",
     )
-    with caplog.at_level(logging.WARNING, logger="multitask.data"):
+    with caplog.at_level(logging.WARNING, logger="mops.multitask.data.examples"):
         loaded = load_split("para", "dev", tmp_path)
     assert [(ex.uid, ex.label) for ex in loaded.examples] == [("q1", 1), ("q4", 0)]
     assert all(type(ex.label) is int for ex in loaded.examples)

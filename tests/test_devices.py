@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multitask.devices import process_group_backend, resolve_device
+from mops.multitask.training.devices import process_group_backend, resolve_device
 
 
 def test_auto_is_the_gpu_when_there_is_one(monkeypatch):

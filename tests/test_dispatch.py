@@ -1,6 +1,6 @@
-"""backend="auto" reads a committed per-GPU table; bench.kernel_table makes that table from benchmark files.
+"""backend="auto" reads a committed per-GPU table; tools.kernel_table makes that table from benchmark files.
 
-No GPU is needed: a CUDA device's name is looked up through `kernels.dispatch.cuda_device_name`,
+No GPU is needed: a CUDA device's name is looked up through `mops.common.machine.gpu_name`,
 which these tests replace, and `torch.device("cuda", 0)` can be named without a GPU.
 """
 
@@ -12,18 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-import kernels.backend
-from bench import kernel_table
-from kernels import dispatch
-from kernels.backend import resolve_backend, resolve_for_device, resolved_backends
-from kernels.dispatch import Choice
+import mops.kernels.dispatch
+from mops.common import machine
+from mops.kernels import dispatch
+from mops.kernels.dispatch import Choice, resolve_backend, resolve_for_device, resolved_backends
+from tools import kernel_table
 
 H100 = "NVIDIA H100 80GB HBM3"
 H100_BENCH = Path(__file__).parent / "fixtures" / "h100-2026-11-26-bench.json"  # ../shared/gpu's, copied
 # The second H100 measurement: `make gpu-check`'s benchmarks, committed with its summary.
 H100_CHECK = "nvidia-h100-80gb-hbm3-20261126-152324/benchmarks.json"
-H100_CHECK_BENCH = Path(__file__).parents[1] / "bench" / "results" / H100_CHECK
+H100_CHECK_BENCH = Path(__file__).parents[1] / "results" / H100_CHECK
 OPS = ("attention", "layer_norm", "bias_gelu", "adamw")
 
 
@@ -32,7 +31,7 @@ def gpu_named(monkeypatch):
     """Pretend CUDA device 0 is called `name`."""
 
     def fake(name):
-        monkeypatch.setattr(dispatch, "cuda_device_name", lambda index: name)
+        monkeypatch.setattr(machine, "gpu_name", lambda index: name)
 
     return fake
 
@@ -104,9 +103,9 @@ def test_forced_backends_ignore_the_table(gpu_named, monkeypatch):
     assert resolved_backends("torch", "cuda:0") == dict.fromkeys(OPS, "torch")
     assert resolved_backends("triton", "cuda:0") == dict.fromkeys(OPS, "triton")
     assert resolved_backends("torch", "cpu") == dict.fromkeys(OPS, "torch")
-    monkeypatch.setattr(kernels.backend, "interpreter_enabled", lambda: True)
+    monkeypatch.setattr(mops.kernels.dispatch, "interpreter_enabled", lambda: True)
     assert resolved_backends("triton", "cpu") == dict.fromkeys(OPS, "triton")
-    monkeypatch.setattr(kernels.backend, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(mops.kernels.dispatch, "interpreter_enabled", lambda: False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         resolved_backends("triton", "cpu")
     with pytest.raises(ValueError, match="backend must be one of"):
@@ -197,11 +196,11 @@ def test_a_bad_table_row_names_the_file(tmp_path):
 
 
 def test_device_rows_say_what_auto_runs_and_why():
-    rows = {r["op"]: r for r in kernel_table.device_rows(H100)}
+    rows = {r["op"]: r for r in dispatch.device_rows(H100)}
     assert list(rows) == list(OPS)
     assert rows["adamw"]["backend"] == "torch" and rows["adamw"]["ratio"] == 0.703 and rows["adamw"]["note"] == ""
     assert rows["attention"]["source"] == H100_CHECK
-    unknown = kernel_table.device_rows("NVIDIA L4")
+    unknown = dispatch.device_rows("NVIDIA L4")
     assert all(r["backend"] == "torch" and r["ratio"] is None and "no measurement" in r["note"] for r in unknown)
-    cpu = kernel_table.device_rows(None)
+    cpu = dispatch.device_rows(None)
     assert all(r["backend"] == "torch" and "CPU" in r["note"] for r in cpu)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-
 from embedded import requires_embedded_checkpoint
-from multitask.config import TrainConfig
-from multitask.trainer import Trainer
+
+from mops.multitask.training.config import TrainConfig
+from mops.multitask.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""multitask.download: converters on tiny archives built here, fetching from a local HTTP server."""
+"""mops.multitask.data.download: converters on tiny archives built here, fetching from a local HTTP server."""
 
 import hashlib
 import http.server
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mops.cli import main
-from multitask import download as dl
-from multitask.data import DataError, Example, load_split
+from mops.multitask.data import download as dl
+from mops.multitask.data.examples import DataError, Example, load_split
 
 SST_TREES = {
     "train.txt": "(3 (2 It) (4 (4 (2 's) (4 (3 (2 a) (4 lovely)) (2 film))) (2 .)))\n"

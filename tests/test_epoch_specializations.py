@@ -1,6 +1,6 @@
 """Bounded compilation: one demo epoch of the Triton backend, training and evaluation, launches
 few distinct kernel specializations (each one a compile on a GPU), however many sequence
-lengths its batches have. Counted under the interpreter by kernels.launches, which reports what
+lengths its batches have. Counted under the interpreter by mops.kernels.launches, which reports what
 Triton would key its binaries on."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections import Counter
 
 from collations import record_collations
-from kernels.launches import record_launches
-from multitask.config import TrainConfig
-from multitask.trainer import Trainer
+
+from mops.kernels.launches import record_launches
+from mops.multitask.training.config import TrainConfig
+from mops.multitask.training.trainer import Trainer
 
 # Ten kernels (attention fwd/delta/dkdv/dq, layer_norm fwd/bwd, their partial sums, bias_gelu
 # fwd/bwd, AdamW). A kernel varies with dropout on (training) or off (evaluation) and with

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from embedded import requires_embedded_checkpoint
 from safetensors.torch import load_file
 
-from embedded import requires_embedded_checkpoint
-from minbert import BertModel, BertTokenizer
-from multitask.config import TrainConfig
-from multitask.export import ExportError, export_task
-from multitask.trainer import Trainer
+from mops.minbert import BertModel, BertTokenizer
+from mops.multitask.training.config import TrainConfig
+from mops.multitask.training.export import ExportError, export_task
+from mops.multitask.training.trainer import Trainer
 
 transformers = pytest.importorskip("transformers")
 

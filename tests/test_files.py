@@ -1,4 +1,4 @@
-"""common.files: a reader sees the old file or the whole new one, and a failed write leaves nothing."""
+"""mops.common.files: a reader sees the old file or the whole new one, and a failed write leaves nothing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from common.files import atomic_open, atomic_write, atomic_write_json
+from mops.common.files import atomic_open, atomic_write, atomic_write_json
 
 
 def test_text_bytes_and_json_land_whole_in_a_new_folder(tmp_path):

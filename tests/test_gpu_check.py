@@ -1,4 +1,4 @@
-"""bench.gpu_check and `make gpu-check` on a CPU: the commands it assembles, how it reads test logs
+"""tools.gpu_check and `make gpu-check` on a CPU: the commands it assembles, how it reads test logs
 and results, its deadline, and the summary it writes; the GPU work itself is replaced by a runner
 that writes what the real steps would."""
 
@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import gpu_check
-from bench.gpu_check import CheckConfig, Step, parse_test_log, run_check
-from minbert.checkpoint import EMBEDDED_ENV
-from mops.cli import main
+from mops.minbert.checkpoint import EMBEDDED_ENV
+from tools import gpu_check
+from tools.gpu_check import CheckConfig, Step, parse_test_log, run_check
 
 REPO = Path(__file__).resolve().parents[1]
 H100_BENCH = Path(__file__).parent / "fixtures" / "h100-2026-11-26-bench.json"
@@ -161,9 +160,9 @@ def test_a_missing_required_module_runs_nothing_and_says_so(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the command runs a whole check")
 def test_the_command_on_a_cpu_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as ended:
-        main(["gpu-check"])
+        gpu_check.main([])
     assert ended.value.code == 2
-    assert capsys.readouterr().err == ("mops: error: gpu-check needs a CUDA GPU, and this machine has none; "
+    assert capsys.readouterr().err == ("python -m tools.gpu_check: error: gpu-check needs a CUDA GPU, and this machine has none; "
                                        "the CPU suite is `make test`\n")
 
 
@@ -171,10 +170,10 @@ def test_a_check_started_inside_a_check_is_refused(monkeypatch, capsys):
     """A test of the check's own command, run by the check's test step on a GPU, must not start a
     second check that competes for the GPU and the deadline."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("mops.cli.run_check", lambda config: pytest.fail("a nested check was started"))
+    monkeypatch.setattr(gpu_check, "run_check", lambda config: pytest.fail("a nested check was started"))
     monkeypatch.setenv(gpu_check.RUNNING_ENV, "1")
     with pytest.raises(SystemExit) as ended:
-        main(["gpu-check"])
+        gpu_check.main([])
     assert ended.value.code == 2
     assert "gpu-check is already running (MOPS_GPU_CHECK_RUNNING is set)" in capsys.readouterr().err
     assert gpu_check.child_environment(CheckConfig(out=Path("out")), embedded_available=True)[gpu_check.RUNNING_ENV] == "1"
@@ -206,5 +205,5 @@ def test_make_gpu_check_installs_in_place_and_passes_data_and_checkpoint():
     commands = subprocess.run(["make", "-n", "gpu-check", "DATA=/data/cs224n", "CHECKPOINT=/ckpt/minilm"], cwd=REPO,
                               capture_output=True, text=True, check=True).stdout
     assert "-m pip install --quiet --no-deps --no-build-isolation --no-index -e ." in commands
-    assert '-m mops gpu-check --data "/data/cs224n" --checkpoint "/ckpt/minilm"' in commands
+    assert '-m tools.gpu_check --data "/data/cs224n" --checkpoint "/ckpt/minilm"' in commands
     assert "venv" not in commands  # the machine's own torch, Triton and pytest

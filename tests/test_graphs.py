@@ -1,4 +1,4 @@
-"""multitask.graphs on the CPU: when graphs run, what one graph serves, and the runner's warm-up,
+"""mops.multitask.training.graphs on the CPU: when graphs run, what one graph serves, and the runner's warm-up,
 static inputs, replays and fallback, with a stand-in for CUDA's capture.
 
 The stand-in (`ReplayingCapture`) runs the captured function while "capturing" and, at each
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from minbert import Batch
-from multitask import graphs
-from multitask.graphs import GraphedSteps, load_table, resolve_graphs, shape_key
+from mops.minbert import Batch
+from mops.multitask.training import graphs
+from mops.multitask.training.graphs import GraphedSteps, load_table, resolve_graphs, shape_key
 
 CUDA = torch.device("cuda", 0)
 H100 = "NVIDIA H100 80GB HBM3"
@@ -160,7 +160,7 @@ def test_a_graphed_run_trains_and_evaluates_as_an_eager_one(tmp_path, monkeypatc
     pairs hand the evaluation graphs both orders of each batch."""
     from test_trainer import tiny
 
-    from multitask import trainer as trainer_module
+    from mops.multitask.training import trainer as trainer_module
 
     # Lengths padded to 16 on at most 32 tokens: few shapes, each seen often enough to be captured.
     settings = dict(tasks=["sst", "sts"], steps=12, eval_every=3, max_train_examples=16, batch_size=8, pad_multiple=16,
@@ -180,7 +180,7 @@ def test_a_graphed_run_trains_and_evaluates_as_an_eager_one(tmp_path, monkeypatc
 def test_on_on_the_cpu_stops_the_trainer_before_training(tmp_path):
     from test_trainer import tiny
 
-    from multitask.trainer import Trainer
+    from mops.multitask.training.trainer import Trainer
 
     with pytest.raises(ValueError, match="cuda_graphs 'on' needs a CUDA GPU"):
         Trainer(tiny(tmp_path, cuda_graphs="on"))

@@ -20,17 +20,17 @@ import sys
 import pytest
 import torch
 
-import kernels
-import kernels.backend
-from kernels import reference
+import mops.kernels.dispatch
+from mops import kernels
+from mops.kernels import reference
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: CUDA autocast policies differ from the CPU's")
 # CPU autocast around Triton kernels means CPU tensors, which only the interpreter runs.
-needs_interpreter = pytest.mark.skipif(not kernels.backend.interpreter_enabled(),
+needs_interpreter = pytest.mark.skipif(not mops.kernels.dispatch.interpreter_enabled(),
                                        reason="CPU autocast around Triton kernels needs TRITON_INTERPRET=1 (a CPU-only machine)")
 DEVICE = "cuda" if CUDA else "cpu"  # where the Triton kernels run in this session
-if not CUDA and not kernels.backend.interpreter_enabled():
+if not CUDA and not mops.kernels.dispatch.interpreter_enabled():
     pytest.skip("no GPU and TRITON_INTERPRET is not set: the Triton kernels cannot run", allow_module_level=True)
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -95,7 +95,7 @@ def _layer_norm_inputs(x_dtype, res_dtype, device, seed=0):
 
 
 def _ln_triton(x, w, b, r=None):
-    return kernels.layer_norm(x, w, b, EPS, residual=r, backend="triton")
+    return mops.kernels.layer_norm(x, w, b, EPS, residual=r, backend="triton")
 
 
 def _ln_twin(x, w, b, r=None):
@@ -150,7 +150,7 @@ def check_bias_gelu(x_dtype, bias_dtype, device, amp):
     inputs = [(2.5 * torch.randn(5, 9, 768, generator=g)).to(device, x_dtype),
               (0.5 * torch.randn(768, generator=g)).to(device, bias_dtype)]
     names = ["y", "dx", "dbias"]
-    y, grads, dy = _run(lambda x, b: kernels.bias_gelu(x, b, backend="triton"), inputs, 3, device, amp)
+    y, grads, dy = _run(lambda x, b: mops.kernels.bias_gelu(x, b, backend="triton"), inputs, 3, device, amp)
     y_twin, grads_twin, _ = _run(reference.bias_gelu, inputs, 3, device, amp)
     _assert_same_dtypes([y] + grads, [y_twin] + grads_twin, names)
     y64, grads64 = _reference64(reference.bias_gelu, inputs, dy)
@@ -187,7 +187,7 @@ def _attention_inputs(dtypes, device, B=2, H=2, L=45, D=32, seed=4):
 def check_attention(dtypes, device, amp, check_values):
     (q, k, v), mask = _attention_inputs(dtypes, device)
     names = ["out", "dq", "dk", "dv"]
-    fn = lambda q, k, v: kernels.attention(q, k, v, mask, backend="triton")  # noqa: E731
+    fn = lambda q, k, v: mops.kernels.attention(q, k, v, mask, backend="triton")  # noqa: E731
     twin_fn = lambda q, k, v: reference.attention(q, k, v, mask)  # noqa: E731
     out, grads, do = _run(fn, [q, k, v], 5, device, amp)
     out_twin, grads_twin, _ = _run(twin_fn, [q, k, v], 5, device, amp)
@@ -236,7 +236,7 @@ def test_attention_under_cuda_autocast(dtypes, amp):
 def test_attention_without_autocast_keeps_fp32():
     """Outside autocast nothing is cast: fp32 in, fp32 out, the exact (ieee) path."""
     (q, k, v), mask = _attention_inputs([F32] * 3, DEVICE)
-    out = kernels.attention(q, k, v, mask, backend="triton")
+    out = mops.kernels.attention(q, k, v, mask, backend="triton")
     assert out.dtype == F32
     assert (out - reference.attention(q, k, v, mask)).abs().max().item() < 1e-5
 
@@ -247,24 +247,24 @@ def test_attention_without_autocast_keeps_fp32():
 @pytest.mark.parametrize("op", ["attention", "layer_norm", "bias_gelu"])
 def test_kernels_launch_with_autocast_off(op, monkeypatch):
     """Forward and backward launch their kernels with autocast disabled, whatever the caller's region."""
-    import kernels.launches
+    import mops.kernels.launches
 
     seen = []
-    original = kernels.launches.launch
+    original = mops.kernels.launches.launch
 
     def spy(name, *args, **kwargs):
         seen.append((name, torch.is_autocast_enabled(DEVICE)))
         return original(name, *args, **kwargs)
 
-    for module in ("attention", "layer_norm", "bias_gelu"):  # kernels.attention is also a function's name
-        monkeypatch.setattr(sys.modules[f"kernels.{module}"], "launch", spy)
+    for module in ("attention", "layer_norm", "bias_gelu"):  # mops.kernels.attention is also a function's name
+        monkeypatch.setattr(sys.modules[f"mops.kernels.{module}"], "launch", spy)
     if op == "attention":
         (q, k, v), mask = _attention_inputs([F32] * 3, DEVICE, L=20)
-        inputs, fn = [q, k, v], lambda q, k, v: kernels.attention(q, k, v, mask, backend="triton")
+        inputs, fn = [q, k, v], lambda q, k, v: mops.kernels.attention(q, k, v, mask, backend="triton")
     elif op == "layer_norm":
         inputs, fn = _layer_norm_inputs(F32, F32, DEVICE), _ln_triton
     else:
-        inputs, fn = [torch.randn(4, 384, device=DEVICE), torch.randn(384, device=DEVICE)], lambda x, b: kernels.bias_gelu(x, b, backend="triton")
+        inputs, fn = [torch.randn(4, 384, device=DEVICE), torch.randn(384, device=DEVICE)], lambda x, b: mops.kernels.bias_gelu(x, b, backend="triton")
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
     with torch.autocast(DEVICE, dtype=BF16):
         out = fn(*leaves)

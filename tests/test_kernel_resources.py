@@ -1,4 +1,4 @@
-"""kernels.resources: every kernel configuration compiled for sm_90 and sm_80, none spilling.
+"""mops.kernels.resources: every kernel configuration compiled for sm_90 and sm_80, none spilling.
 
 No GPU needed: Triton compiles for a named target and its bundled ptxas reports registers and
 spills. A configuration fails when it spills, when its shared memory exceeds its
@@ -9,7 +9,7 @@ By default each block choice is compiled in one dtype (fp16 and fp32 attention: 
 launch-table row used on sm_90 and sm_80, with and without dropout; fp32 layer norm, bias +
 GELU and AdamW at every width), by one process per core: 148 kernels, about 4.5 minutes on one
 core with an empty Triton cache. MOPS_KERNEL_RESOURCES=all compiles every dtype (338 kernels,
-about 10 minutes on one core), as `python -m kernels.resources` does for bench/results.
+about 10 minutes on one core), as `python -m mops.kernels.resources` does for results.
 
 The spills measured with Triton 3.9 are listed in KNOWN_SPILLS, each an expected failure: the
 test fails the day a new one appears and the day a known one goes away (then delete its entry).
@@ -28,9 +28,9 @@ triton = pytest.importorskip("triton", reason="Triton is not installed (it is Li
 if "nvidia" not in getattr(triton.backends, "backends", {}):
     pytest.skip("this Triton has no NVIDIA backend (and no ptxas)", allow_module_level=True)
 
-from kernels import launch_config as lc
-from kernels import resources
-from kernels.resources import Resources
+from mops.kernels import launch_config as lc
+from mops.kernels import resources
+from mops.kernels.resources import Resources
 
 try:
     resources.triton_and_knobs()  # the Triton version and knobs this module needs
@@ -68,7 +68,7 @@ class Known:
 
 
 # Measured with Triton 3.9.0 (ptxas 13.4 for sm_90a, 12.9 for sm_80); the numbers are in
-# bench/results/kernel-resources-sm{90,80}-triton-3.9.json.
+# results/kernel-resources-sm{90,80}-triton-3.9.json.
 KNOWN_SPILLS = [
     Known("9.0", "attention.dkdv", None, {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 128, "HAS_DROPOUT": True},
           "row 9.0/half/d64/* with dropout: 255 registers, 80 bytes spilled"),

@@ -1,4 +1,4 @@
-"""kernels.launches: every kernel launch is reported with the specialization Triton compiles for it.
+"""mops.kernels.launches: every kernel launch is reported with the specialization Triton compiles for it.
 
 The rule `argument_signature` states is checked against Triton's own specializer where the
 installed Triton exposes it; the op-level tests then count variants the way a GPU run would
@@ -10,14 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-import kernels.backend
-from kernels.attention import _attention_with_seed
-from kernels.launches import Specialization, argument_signature, record_launches
+import mops.kernels.dispatch
+from mops import kernels
+from mops.kernels.attention import _attention_with_seed
+from mops.kernels.launches import Specialization, argument_signature, record_launches
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-if not CUDA and not kernels.backend.interpreter_enabled():
+if not CUDA and not mops.kernels.dispatch.interpreter_enabled():
     pytest.skip("no GPU and TRITON_INTERPRET is not set: the Triton kernels cannot run", allow_module_level=True)
 
 ATTENTION_KERNELS = {"attention.fwd", "attention.delta", "attention.dkdv", "attention.dq"}
@@ -74,7 +74,7 @@ def _attention_step(L, B=2, H=2, D=32, mask=False, seed=0):
     g = torch.Generator().manual_seed(L)
     q, k, v = (torch.randn(B, H, L, D, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
     attention_mask = (torch.arange(L)[None, :] < torch.tensor([L, L // 2])[:, None]).to(DEVICE) if mask else None
-    out = kernels.attention(q, k, v, attention_mask, backend="triton")
+    out = mops.kernels.attention(q, k, v, attention_mask, backend="triton")
     out.backward(torch.randn(B, H, L, D, generator=g).to(DEVICE))
 
 
@@ -118,8 +118,8 @@ def test_mask_and_dtype_are_part_of_the_specialization():
     assert sorted(dict(s.constants)["HAS_MASK"] for s in fwd) == [False, True]
     x, w, b = torch.randn(4, 384, device=DEVICE), torch.ones(384, device=DEVICE), torch.zeros(384, device=DEVICE)
     with record_launches() as log:
-        kernels.layer_norm(x, w, b, 1e-5, backend="triton")
-        kernels.layer_norm(x.half(), w, b, 1e-5, backend="triton")
+        mops.kernels.layer_norm(x, w, b, 1e-5, backend="triton")
+        mops.kernels.layer_norm(x.half(), w, b, 1e-5, backend="triton")
     first, second = log.launches
     assert first.signature[0] == "*fp32:16" and second.signature[0] == "*fp16:16"
 
@@ -138,8 +138,8 @@ def test_every_launcher_reports():
     x, w, b = torch.randn(6, 384, device=DEVICE), torch.ones(384, device=DEVICE), torch.zeros(384, device=DEVICE)
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
     with record_launches() as log:
-        kernels.layer_norm(*leaves, 1e-5, backend="triton").sum().backward()
-        kernels.bias_gelu(leaves[0], leaves[2], backend="triton").sum().backward()
+        mops.kernels.layer_norm(*leaves, 1e-5, backend="triton").sum().backward()
+        mops.kernels.bias_gelu(leaves[0], leaves[2], backend="triton").sum().backward()
         kernels.adamw_step([w.clone()], [x[0].clone()], [torch.zeros(384, device=DEVICE)],
                            [torch.zeros(384, device=DEVICE)], step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6,
                            weight_decay=0.0, correct_bias=True, backend="triton")
@@ -153,9 +153,9 @@ def test_every_launcher_reports():
 def test_recorders_nest_and_nothing_is_kept_outside():
     x, w, b = torch.randn(4, 384, device=DEVICE), torch.ones(384, device=DEVICE), torch.zeros(384, device=DEVICE)
     with record_launches() as outer:
-        kernels.layer_norm(x, w, b, 1e-5, backend="triton")
+        mops.kernels.layer_norm(x, w, b, 1e-5, backend="triton")
         with record_launches() as inner:
-            kernels.layer_norm(x, w, b, 1e-5, backend="triton")
-    kernels.layer_norm(x, w, b, 1e-5, backend="triton")  # after both blocks: recorded nowhere
+            mops.kernels.layer_norm(x, w, b, 1e-5, backend="triton")
+    mops.kernels.layer_norm(x, w, b, 1e-5, backend="triton")  # after both blocks: recorded nowhere
     assert len(outer.launches) == 2 and len(inner.launches) == 1
     assert outer.distinct() == inner.distinct()

@@ -1,4 +1,4 @@
-"""kernels.layer_norm (add & norm) against its PyTorch twin: values, every gradient, determinism.
+"""mops.kernels.layer_norm (add & norm) against its PyTorch twin: values, every gradient, determinism.
 
 Tolerances: in float32 the kernel is held directly to a float64 reference. In float16 and
 bfloat16 it is judged the way FlashAttention's tests judge theirs: its error against the
@@ -13,10 +13,9 @@ import random
 import pytest
 import torch
 
-import kernels
-import kernels.backend
-from kernels import reference
-from kernels.layer_norm import _launch_config, backward_programs
+import mops.kernels.dispatch
+from mops.kernels import reference
+from mops.kernels.layer_norm import _launch_config, backward_programs
 
 CUDA = torch.cuda.is_available()
 # Where the Triton path runs: the GPU when there is one, else the CPU interpreter (conftest.py).
@@ -64,7 +63,7 @@ def _forward_backward(fn, x, w, b, r, dy):
 
 
 def _triton(x, w, b, r):
-    return kernels.layer_norm(x, w, b, EPS, residual=r, backend="triton")
+    return mops.kernels.layer_norm(x, w, b, EPS, residual=r, backend="triton")
 
 
 def _twin(x, w, b, r):
@@ -136,20 +135,20 @@ def test_frozen_weight_and_frozen_input():
 
 def test_auto_uses_twin_on_cpu():
     x, w, b, r, _ = _make((4, 384), "same", torch.float32, "cpu")
-    assert torch.equal(kernels.layer_norm(x, w, b, EPS, residual=r), _twin(x, w, b, r))
+    assert torch.equal(mops.kernels.layer_norm(x, w, b, EPS, residual=r), _twin(x, w, b, r))
 
 
 def test_triton_on_cpu_without_interpreter_says_so(monkeypatch):
-    monkeypatch.setattr(kernels.backend, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(mops.kernels.dispatch, "interpreter_enabled", lambda: False)
     x, w, b, _, _ = _make((2, 384), None, torch.float32, "cpu")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        kernels.layer_norm(x, w, b, EPS, backend="triton")
+        mops.kernels.layer_norm(x, w, b, EPS, backend="triton")
 
 
 def test_bad_weight_shape_is_refused():
     x, w, b, _, _ = _make((2, 384), None, torch.float32, DEVICE)
     with pytest.raises(ValueError, match=r"weight must have shape \(384,\)"):
-        kernels.layer_norm(x, w[:100], b, EPS, backend="triton")
+        mops.kernels.layer_norm(x, w[:100], b, EPS, backend="triton")
 
 
 BIG = [((4096, 768), "same"), ((16, 128, 1024), "same"), ((8, 128, 384), (128, 384)), ((257, 4096), None)]

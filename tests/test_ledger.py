@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from multitask.ledger import StepLedger
+from mops.multitask.training.ledger import StepLedger
 
 
 def test_counts_steps_and_keeps_the_last_loss():

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-
-from minbert import BertModel
-from multitask.lora import LoRAConfig, LoRALinear
-from multitask.model import MultitaskBert
-from multitask.sharing import parse_plan
 from test_multitask_model import CONFIG, LAYERS, NAMES, TASKS, make_batch, make_labels, optimizer_for, piece, train_step
+
+from mops.minbert import BertModel
+from mops.multitask.sharing.lora import LoRAConfig, LoRALinear
+from mops.multitask.sharing.model import MultitaskBert
+from mops.multitask.sharing.plan import parse_plan
 
 LORA_PATHS = {  # target -> the LoRA module's path inside a layer copy
     "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",

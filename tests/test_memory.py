@@ -1,4 +1,4 @@
-"""bench.memory: the peak-memory sampler.
+"""mops.bench.memory: the peak-memory sampler.
 
 The RSS fallback is measured for real on this machine. The NVML path runs against a fake
 `pynvml` module and fake `torch.cuda` hooks, so the GPU logic (UUID mapping, process versus
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.memory import MemorySampler, find_nvml_handle, normalize_uuid
+from mops.bench.memory import MemorySampler, find_nvml_handle, normalize_uuid
 
 MiB = 2**20
 

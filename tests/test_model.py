@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minbert import BertConfig, BertModel, BertTokenizer, save_pretrained
+from mops.minbert import BertConfig, BertModel, BertTokenizer, save_pretrained
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from minbert import BertModel, BertTokenizer
+from mops import kernels
+from mops.minbert import BertModel, BertTokenizer
 
 SENTENCES = ["The kernels must agree with the reference.", "Short one."]
 PAIRS = ["A second sentence.", "Padding follows"]
@@ -18,8 +18,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kern
 def _count_calls(monkeypatch, name):
     """Count how often the Triton branch of kernels.<name> runs."""
     calls = []
-    module = __import__(f"kernels.{name}", fromlist=[name])
-    real = kernels.backend.resolve_backend
+    module = __import__(f"mops.kernels.{name}", fromlist=[name])
+    real = kernels.dispatch.resolve_backend
 
     def spy(backend, *tensors, op="op"):
         chosen = real(backend, *tensors, op=op)

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from minbert import AdamW, Batch, BertConfig, BertModel
-from multitask.model import CosineHead, HeadConfig, MultitaskBert, TaskHead, task_loss
-from multitask.sharing import parse_plan
-from multitask.tasks import Task, score
+from mops.minbert import AdamW, Batch, BertConfig, BertModel
+from mops.multitask.data.tasks import Task, score
+from mops.multitask.sharing.model import CosineHead, HeadConfig, MultitaskBert, TaskHead, task_loss
+from mops.multitask.sharing.plan import parse_plan
 
 CONFIG = BertConfig(
     vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from minbert import AdamW
+from mops.minbert import AdamW
 
 
 def _hand_adamw(p, grads, lr, b1, b2, eps, wd, correct_bias=True):

@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from bench.sweep import GRID_FIELDS, SET_BY_SWEEP, SweepConfig
+from mops.bench.sweep import GRID_FIELDS, SET_BY_SWEEP, SweepConfig
 from mops.cli import build_parser, main
+from mops.multitask.training.config import TrainConfig, setting
 from mops.options import add_config_options, config_settings, flag_of
-from multitask.config import TrainConfig, setting
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 

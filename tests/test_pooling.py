@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minbert import Batch, BertConfig, BertModel
-from multitask.config import TrainConfig
-from multitask.model import HeadConfig, MultitaskBert
-from multitask.pooling import ClsPooling, MeanPooling, weightless_pooling
-from multitask.sharing import parse_plan
-from multitask.tasks import Task
-from multitask.trainer import Trainer
+from mops.minbert import Batch, BertConfig, BertModel
+from mops.multitask.data.tasks import Task
+from mops.multitask.sharing.model import HeadConfig, MultitaskBert
+from mops.multitask.sharing.plan import parse_plan
+from mops.multitask.sharing.pooling import ClsPooling, MeanPooling, weightless_pooling
+from mops.multitask.training.config import TrainConfig
+from mops.multitask.training.trainer import Trainer
 
 CONFIG = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                     intermediate_size=64, max_position_embeddings=64)

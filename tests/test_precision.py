@@ -1,4 +1,4 @@
-"""multitask.precision and its use in the trainer: which autocast a run gets, fp32 master
+"""mops.multitask.training.precision and its use in the trainer: which autocast a run gets, fp32 master
 weights and AdamW state, evaluation under the same autocast, and fp16 steps skipped on overflow."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from multitask.config import TrainConfig
-from multitask.precision import Precision, resolve_precision
-from multitask.trainer import Trainer
+from mops.multitask.training.config import TrainConfig
+from mops.multitask.training.precision import Precision, resolve_precision
+from mops.multitask.training.trainer import Trainer
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

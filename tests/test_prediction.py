@@ -1,4 +1,4 @@
-"""bench.prediction: a plan's activations from a per-piece calibration equal the saved-tensor
+"""mops.multitask.training.prediction: a plan's activations from a per-piece calibration equal the saved-tensor
 bytes of a real training step, and the estimated peak adds up; on a GPU it is checked against
 the allocator's peak."""
 
@@ -12,17 +12,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.prediction import (
-    Fit, PROBES, adamw_step_buffer_bytes, measure_step_activations, piece_roles, predict, saved_tensor_bytes,
-)
-from minbert import BertModel, BertTokenizer
 from mops.cli import main
-from multitask.batching import Collator
-from multitask.lora import LoRAConfig
-from multitask.model import HeadConfig, MultitaskBert
-from multitask.precision import Precision
-from multitask.sharing import parse_plan
-from multitask.tasks import make_tasks
+from mops.minbert import BertModel, BertTokenizer
+from mops.multitask.data.batching import Collator
+from mops.multitask.data.tasks import make_tasks
+from mops.multitask.sharing.lora import LoRAConfig
+from mops.multitask.sharing.model import HeadConfig, MultitaskBert
+from mops.multitask.sharing.plan import parse_plan
+from mops.multitask.training.precision import Precision
+from mops.multitask.training.prediction import (
+    PROBES,
+    Fit,
+    adamw_step_buffer_bytes,
+    measure_step_activations,
+    piece_roles,
+    predict,
+    saved_tensor_bytes,
+)
 
 TASKS = ["sst", "para", "sts"]
 DEMO_PLANS = ["FFFFFF", "FFFSSS", "F2S2I2", "F2S2[sst+para|sts]2", "SSSSSS", "IIIIII"]

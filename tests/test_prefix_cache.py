@@ -1,4 +1,4 @@
-"""multitask.prefix_cache and the trainer's use of it: the frozen prefix's outputs are stored on
+"""mops.multitask.training.prefix_cache and the trainer's use of it: the frozen prefix's outputs are stored on
 an example's first pass and replayed later; metrics equal the uncached run's, the stored states
 equal recomputed ones, and a cache that would not fit is left off with one warning."""
 
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from collations import record_collations
-from multitask import prefix_cache
-from multitask.config import TrainConfig
-from multitask.prefix_cache import FrozenPrefixCache, choose_location, predict_bytes
-from multitask.trainer import Trainer
+
+from mops.multitask.training import prefix_cache
+from mops.multitask.training.config import TrainConfig
+from mops.multitask.training.prefix_cache import FrozenPrefixCache, choose_location, predict_bytes
+from mops.multitask.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 

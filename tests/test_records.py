@@ -1,4 +1,4 @@
-"""bench.records: the append-only JSONL results file, its merge across shards, and resume."""
+"""mops.bench.records: the append-only JSONL results file, its merge across shards, and resume."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from bench.records import TornLineWarning, append_record, completed_ids, read_records, run_id
+from mops.bench.records import TornLineWarning, append_record, completed_ids, read_records, run_id
 
 
 def record(plan: str, status: str = "ok", seed: int = 0, **extra) -> dict:

@@ -1,4 +1,4 @@
-"""bench.report: the memory-accuracy table, the Pareto front, the plots, benchmark tables."""
+"""mops.bench.report: the memory-accuracy table, the Pareto front, the plots, benchmark tables."""
 
 from __future__ import annotations
 
@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from bench.records import append_record, run_id
-from bench.report import (
-    benchmark_table, build_table, human_count, pareto_front, plot_curves, plot_pareto, report, seconds_per_epoch,
+from mops.bench.records import append_record, run_id
+from mops.bench.report import (
+    benchmark_table,
+    build_table,
+    human_count,
+    pareto_front,
+    plot_curves,
+    plot_pareto,
+    report,
+    seconds_per_epoch,
 )
 
 MiB = 2**20

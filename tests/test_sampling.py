@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from multitask.sampling import SAMPLINGS, task_at_step, task_weights
+from mops.multitask.training.sampling import SAMPLINGS, task_at_step, task_weights
 
 SIZES = [100, 300, 600]
 STEPS = 20_000

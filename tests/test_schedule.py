@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multitask.schedule import lr_factor, lr_factor_tensor
+from mops.multitask.training.schedule import lr_factor, lr_factor_tensor
 
 
 def test_linear_schedule_warms_up_then_decays():

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch.nn as nn
 
-from multitask.sharing import PieceAssignment, PlanError, SharingPlan, parse_plan
+from mops.multitask.sharing.plan import PieceAssignment, PlanError, SharingPlan, parse_plan
 
 TASKS = ("sst", "para", "sts")
 

@@ -1,4 +1,4 @@
-"""bench.sweep: the grid, shards, one process per run, failures and OOMs recorded, resume after a kill.
+"""mops.bench.sweep: the grid, shards, one process per run, failures and OOMs recorded, resume after a kill.
 
 Real runs use a random 2-layer, width-32 encoder on the demo corpus for two steps: a few seconds
 each, most of it the child process importing torch. Tests about bookkeeping alone (shards) stand
@@ -22,12 +22,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from embedded import requires_embedded_checkpoint
 
-import bench.sweep
-import bench.worker
-from bench.records import completed_ids
-from bench.report import report
-from bench.sweep import (
+import mops.bench.sweep
+import mops.bench.worker
+from mops.bench.records import completed_ids
+from mops.bench.report import report
+from mops.bench.sweep import (
     SweepConfig,
     _classify_failure,
     config_id,
@@ -38,10 +39,9 @@ from bench.sweep import (
     shard_results_path,
     sweep_from_args,
 )
-from embedded import requires_embedded_checkpoint
 from mops.cli import main as cli_main
-from multitask.config import TrainConfig
-from multitask.trainer import Trainer
+from mops.multitask.training.config import TrainConfig
+from mops.multitask.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = requires_embedded_checkpoint  # sweep runs are child processes that build their encoder from it
@@ -87,7 +87,7 @@ fault, _, plan = os.environ.get("MOPS_TEST_FAULT", "").partition(":")
 if fault:
     import torch
 
-    from multitask.trainer import Trainer
+    from mops.multitask.training.trainer import Trainer
 
     real_step = Trainer._train_step
 
@@ -182,7 +182,7 @@ def fake_run_one(config: TrainConfig, rid: str, timeout_s: float | None = None) 
 
 
 def test_shards_partition_the_grid_into_their_own_files_and_the_report_merges_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench.sweep, "run_one", fake_run_one)
+    monkeypatch.setattr(mops.bench.sweep, "run_one", fake_run_one)
     sweep = tiny_sweep(tmp_path, plans=["FF", "FS", "SF", "SS", "FI"], seeds=[0, 1])
     every_run = [config_id(c) for c in grid(sweep)]
     files = [run_sweep(sweep, shard=f"{i}/3", progress=False) for i in range(3)]
@@ -198,7 +198,7 @@ def test_shards_partition_the_grid_into_their_own_files_and_the_report_merges_th
 
 
 def test_cli_shard_option_runs_its_slice_into_its_own_file(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench.sweep, "run_one", fake_run_one)
+    monkeypatch.setattr(mops.bench.sweep, "run_one", fake_run_one)
     results = tmp_path / "results.jsonl"
     with pytest.raises(SystemExit) as ended:
         cli_main(["sweep", "--widths", "32", "--plans", "FS,SS,FF", "--results", str(results), "--shard", "1/2",
@@ -235,7 +235,7 @@ def test_sweep_appends_one_record_per_run_and_a_rerun_skips_them(tmp_path, monke
         assert all(row[column] for column in ("pred MiB", "peak MiB", "source", "s/epoch", "overall")), row
 
     before = results.read_bytes()
-    monkeypatch.setattr(bench.sweep, "run_one", never_run)
+    monkeypatch.setattr(mops.bench.sweep, "run_one", never_run)
     assert run_sweep(sweep, progress=True) == results
     assert results.read_bytes() == before
     assert "2 of 2 runs already done" in capsys.readouterr().out
@@ -278,7 +278,7 @@ def test_oom_inside_training_is_recorded_as_oom_and_not_retried(tmp_path, monkey
     assert "oom" in table_rows(report(results, fmt="tsv"))[0]["status"]
 
     inject_fault(None)  # the run would now fit, but an OOM is final: a rerun does not start it
-    monkeypatch.setattr(bench.sweep, "run_one", never_run)
+    monkeypatch.setattr(mops.bench.sweep, "run_one", never_run)
     run_sweep(sweep, progress=False)
     assert len(lines(results)) == 1
 
@@ -293,7 +293,7 @@ def test_oom_inside_training_is_recorded_as_oom_and_not_retried(tmp_path, monkey
     ids=["OutOfMemoryError", "out-of-memory-text", "other-error"],
 )
 def test_worker_records_the_failure_it_caught(tmp_path, monkeypatch, error, status):
-    """In process: bench.worker.main with a training step that raises `error`."""
+    """In process: mops.bench.worker.main with a training step that raises `error`."""
     settings = dataclasses.asdict(grid(tiny_sweep(tmp_path, plans=["FS"]))[0])
     settings["out_dir"] = str(tmp_path / "run")
     spec, out = tmp_path / "config.json", tmp_path / "record.json"
@@ -303,7 +303,7 @@ def test_worker_records_the_failure_it_caught(tmp_path, monkeypatch, error, stat
         raise error
 
     monkeypatch.setattr(Trainer, "_train_step", failing_step)
-    assert bench.worker.main([str(spec), str(out)]) == 1
+    assert mops.bench.worker.main([str(spec), str(out)]) == 1
     record = json.loads(out.read_text())
     assert record["status"] == status
     assert str(error) in record["error"]

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from collations import record_examples
-from multitask.config import TrainConfig, head_config
-from multitask.data import Example
-from multitask.model import HeadConfig
-from multitask.tasks import make_tasks, score
-from multitask.task_data import swap_pair
-from multitask.trainer import Trainer
+
+from mops.multitask.data.examples import Example
+from mops.multitask.data.tasks import make_tasks, score
+from mops.multitask.sharing.model import HeadConfig
+from mops.multitask.training.config import TrainConfig, head_config
+from mops.multitask.training.task_data import swap_pair
+from mops.multitask.training.trainer import Trainer
 
 SST, PARA, STS = make_tasks(["sst", "para", "sts"], "demo")
 

@@ -1,13 +1,13 @@
-"""multitask.synthetic: deterministic, loads back through the real loader, balanced, and learnable."""
+"""mops.multitask.data.synthetic: deterministic, loads back through the real loader, balanced, and learnable."""
 
 from collections import Counter
 
 import pytest
 import torch
 
-from multitask.data import FILES, TASK_KINDS, load_split
-from multitask.synthetic import TASKS, make_corpus, write_corpus
-from minbert.tokenizer import BertTokenizer
+from mops.minbert.tokenizer import BertTokenizer
+from mops.multitask.data.examples import FILES, TASK_KINDS, load_split
+from mops.multitask.data.synthetic import TASKS, make_corpus, write_corpus
 
 SIZES = {"train": 600, "dev": 200}
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from multitask.batching import BucketBatchSampler
-from multitask.task_data import TaskData, dev_sample
+from mops.multitask.data.batching import BucketBatchSampler
+from mops.multitask.training.task_data import TaskData, dev_sample
 
 
 def walker(n: int = 10, batch_size: int = 4) -> TaskData:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from multitask.data import DataError, MissingDataError, load_split
-from multitask.synthetic import make_corpus
-from multitask.tasks import TASK_NAMES, make_tasks, overall_score, score
+from mops.multitask.data.examples import DataError, MissingDataError, load_split
+from mops.multitask.data.synthetic import make_corpus
+from mops.multitask.data.tasks import TASK_NAMES, make_tasks, overall_score, score
 
 
 def real_data_dir() -> Path:

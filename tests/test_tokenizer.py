@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minbert import BertTokenizer
+from mops.minbert import BertTokenizer
 
 transformers = pytest.importorskip("transformers")
 

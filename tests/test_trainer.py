@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from embedded import requires_embedded_checkpoint
-from multitask.config import TrainConfig
-from multitask.trainer import Trainer, TrainingError
+
+from mops.multitask.training.config import TrainConfig
+from mops.multitask.training.trainer import Trainer, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 

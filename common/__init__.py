@@ -1,1 +1,0 @@
-"""Helpers every MOPS package may use; it imports none of them."""

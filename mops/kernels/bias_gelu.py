@@ -1,0 +1,188 @@
+"""Exact erf GELU of x + bias, BERT's feed-forward activation.
+
+    u = x + bias;  y = u * Phi(u) = 0.5 u (1 + erf(u / sqrt 2))
+    dy/du = Phi(u) + u phi(u),  phi(u) = exp(-u^2 / 2) / sqrt(2 pi)
+
+All arithmetic in fp32 (`tl.math.erf` is fp32/fp64 only). The forward saves x, not u or y,
+and the backward recomputes u. The grid tiles (rows, columns) so that a program loads its
+slice of the bias once and needs no per-element modulo. dbias is reduced without atomics:
+each backward program sums dx over a fixed run of row tiles into one row of a (G, N) fp32
+buffer, then `layer_norm.sum_partials` adds the G rows in a fixed order: the same bits on
+every run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from mops.kernels import autocast, reference
+from mops.kernels.dispatch import resolve_backend
+from mops.kernels.launches import launch
+from mops.kernels.layer_norm import sum_partials  # the fixed-order column sum both backward passes end with
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - the torch path needs no Triton
+    triton = None
+
+# Columns one program covers at most, and the elements it holds per tensor (ROWS * BLOCK_N).
+_MAX_BLOCK_N = 1024
+_TILE_ELEMENTS = 4096
+_BWD_PROGRAMS_PER_SM = 2
+_BWD_PROGRAMS_INTERPRETED = 4
+
+
+if triton is not None:
+    # Kernels may read module globals only when they are constexpr.
+    _SQRT1_2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
+    _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
+
+    @triton.jit
+    def _bias_gelu_fwd(
+        X, BIAS, Y,  # X, Y: (M, N); BIAS: (N,)
+        M, N,
+        ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        mask = (rows < M)[:, None] & col_ok[None, :]
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        b = tl.load(BIAS + cols, mask=col_ok, other=0.0).to(tl.float32)
+        u = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32) + b[None, :]
+        y = 0.5 * u * (1.0 + tl.math.erf(u * _SQRT1_2))
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _bias_gelu_bwd(
+        X, BIAS, DY, DX, Partial,  # Partial: (G, N) fp32
+        M, N, num_tiles, tiles_per_program,
+        STORE_DX: tl.constexpr, NEED_DBIAS: tl.constexpr,
+        ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        b = tl.load(BIAS + cols, mask=col_ok, other=0.0).to(tl.float32)
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        first = pid * tiles_per_program
+        last = tl.minimum(first + tiles_per_program, num_tiles)
+        for tile in range(first, last):
+            rows = tile * ROWS + tl.arange(0, ROWS)
+            mask = (rows < M)[:, None] & col_ok[None, :]
+            offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+            u = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32) + b[None, :]
+            dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+            cdf = 0.5 * (1.0 + tl.math.erf(u * _SQRT1_2))
+            pdf = tl.exp(-0.5 * u * u) * _INV_SQRT_2PI
+            dx = dy * (cdf + u * pdf)
+            if STORE_DX:
+                tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+            if NEED_DBIAS:
+                acc += tl.sum(dx, axis=0)  # masked entries have dy = 0
+        if NEED_DBIAS:
+            tl.store(Partial + pid.to(tl.int64) * N + cols, acc, mask=col_ok)
+
+
+@functools.lru_cache(maxsize=None)
+def _launch_config(width: int) -> tuple[int, int, int]:
+    """(BLOCK_N, ROWS, num_warps): tiles of about _TILE_ELEMENTS elements, 16 a thread."""
+    block_n = min(_MAX_BLOCK_N, triton.next_power_of_2(width))
+    rows = max(1, _TILE_ELEMENTS // block_n)
+    num_warps = min(16, max(1, rows * block_n // 512))
+    return block_n, rows, num_warps
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def backward_programs(num_tiles: int, column_blocks: int, device: torch.device) -> tuple[int, int]:
+    """(G, tiles per program) along the rows of the backward grid (G x column_blocks programs)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        target = max(1, _BWD_PROGRAMS_PER_SM * _sm_count(index) // column_blocks)
+    else:
+        target = _BWD_PROGRAMS_INTERPRETED
+    per_program = math.ceil(num_tiles / max(1, min(target, num_tiles)))
+    return math.ceil(num_tiles / per_program), per_program
+
+
+class _BiasGelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias):
+        with autocast.off(x.device.type):
+            return _BiasGelu._forward(ctx, x, bias)
+
+    @staticmethod
+    def _forward(ctx, x, bias):
+        width = x.shape[-1]
+        x2 = x.reshape(-1, width).contiguous()  # (M, N)
+        rows = x2.shape[0]
+        bias_c = bias.contiguous()
+        y = torch.empty((rows, width), dtype=torch.promote_types(x.dtype, bias.dtype), device=x.device)
+        if y.numel() > 0:
+            block_n, tile_rows, num_warps = _launch_config(width)
+            grid = (triton.cdiv(rows, tile_rows), triton.cdiv(width, block_n))
+            launch(
+                "bias_gelu.fwd", _bias_gelu_fwd, grid,
+                x2, bias_c, y, rows, width, ROWS=tile_rows, BLOCK_N=block_n, num_warps=num_warps,
+            )
+        ctx.save_for_backward(x2, bias_c)
+        ctx.x_shape = x.shape
+        ctx.x_dtype = x.dtype
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        with autocast.off(dy.device.type):
+            return _BiasGelu._backward(ctx, dy)
+
+    @staticmethod
+    def _backward(ctx, dy):
+        x2, bias = ctx.saved_tensors
+        rows, width = x2.shape
+        need_dx, need_dbias = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dy2 = dy.reshape(rows, width).contiguous()
+        dx = torch.empty((rows, width), dtype=ctx.x_dtype, device=x2.device) if need_dx else None
+        dbias = None
+        if x2.numel() > 0:
+            block_n, tile_rows, num_warps = _launch_config(width)
+            column_blocks = triton.cdiv(width, block_n)
+            num_tiles = triton.cdiv(rows, tile_rows)
+            programs, per_program = backward_programs(num_tiles, column_blocks, x2.device)
+            partial = torch.empty((programs, width), dtype=torch.float32, device=x2.device) if need_dbias else dy2
+            launch(
+                "bias_gelu.bwd", _bias_gelu_bwd, (programs, column_blocks),
+                x2, bias, dy2, dx if dx is not None else dy2, partial,
+                rows, width, num_tiles, per_program,
+                STORE_DX=need_dx, NEED_DBIAS=need_dbias, ROWS=tile_rows, BLOCK_N=block_n, num_warps=num_warps,
+            )
+            if need_dbias:
+                dbias = sum_partials(partial[None], bias.dtype)[0]  # fixed-order sum over the G partial rows
+        elif need_dbias:
+            dbias = torch.zeros_like(bias)
+        return (dx.view(ctx.x_shape) if need_dx else None), dbias
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """GELU(x + bias) in the promoted dtype of x and bias, with or without autocast, as the twin
+    (autocast has no policy for add or gelu: a bf16 activation plus an fp32 bias gives fp32)."""
+    if resolve_backend(backend, x, op="bias_gelu") == "torch":
+        return reference.bias_gelu(x, bias)
+    if triton is None:
+        raise RuntimeError("bias_gelu: backend='triton' needs the `triton` package")
+    if x.dim() == 0 or bias.shape != (x.shape[-1],):
+        raise ValueError(
+            "bias_gelu: bias must have shape (N,) with N = x.shape[-1]; "
+            f"got x {tuple(x.shape)}, bias {tuple(bias.shape)}"
+        )
+    if bias.device != x.device:
+        raise ValueError(f"bias_gelu: bias is on {bias.device} but x is on {x.device}")
+    dtype = autocast.cast_dtype("bias_gelu", x.device.type)  # None under every current policy
+    return _BiasGelu.apply(autocast.cast(dtype, x), autocast.cast(dtype, bias))

@@ -1,0 +1,1 @@
+"""Corpora as examples: the CS224N files, the demo corpus, downloads; task records; batching."""

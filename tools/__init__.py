@@ -1,0 +1,1 @@
+"""Developer tools, outside the wheel: run from the repository with `python -m tools.NAME` or make."""
