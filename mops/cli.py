@@ -16,18 +16,7 @@ import torch
 import torch.distributed as dist
 from tabulate import tabulate
 
-from mops.bench.advise import (
-    AdviceError,
-    alike,
-    candidate_plans,
-    parse_budget,
-    predict_candidates,
-    ranking,
-    shortlist,
-    stops,
-    successive_halving,
-    task_groupings,
-)
+from mops.bench.advise import advise, parse_budget
 from mops.bench.demo import DEMO_PLANS, DEMO_RESULTS, DEMO_TRAIN
 from mops.bench.memory import MemorySampler
 from mops.bench.report import report
@@ -36,13 +25,11 @@ from mops.common.machine import device_name
 from mops.kernels.dispatch import device_rows
 from mops.multitask.data.download import SOURCES, DownloadError, download
 from mops.multitask.data.examples import DataError
-from mops.multitask.data.tasks import TASK_NAMES, make_tasks
+from mops.multitask.data.tasks import TASK_NAMES
 from mops.multitask.sharing.accounting import account_model
-from mops.multitask.sharing.model import MultitaskBert
-from mops.multitask.sharing.plan import parse_plan
-from mops.multitask.training.config import TrainConfig, head_config
+from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import init_distributed_from_env, resolve_device
-from mops.multitask.training.encoders import build_encoder
+from mops.multitask.training.assembly import assemble
 from mops.multitask.training.export import export_task
 from mops.multitask.training.precision import resolve_precision
 from mops.multitask.training.prediction import predict
@@ -70,9 +57,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     config = TrainConfig(**config_settings(args))
-    pretrained = build_encoder(config)  # a checkpoint, or `random` at --hidden-size x --num-layers
-    plan = parse_plan(args.plan, config.tasks, pretrained.config.num_hidden_layers)
-    model = MultitaskBert(pretrained, plan, make_tasks(config.tasks, "demo"), head_config(config), config.lora())
+    run = assemble(config, data="demo")  # the demo corpus has every task's shape and loads at once
+    plan = run.parse(args.plan)
+    model = run.model(plan)
     precision = resolve_precision(config.precision, resolve_device(config.device))
     length = args.length or config.max_length
     prediction = predict(model, config.batch_size, length, precision, config.backend, args.examples)
@@ -87,7 +74,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"\nparameters: {accounting['unique_params']:,} unique, {accounting['trainable_params']:,} trainable")
     print(f"memory for weights {mib(accounting['weight_bytes'])}, gradients {mib(accounting['grad_bytes'])}, "
           f"AdamW state {mib(accounting['optimizer_bytes'])}: {mib(accounting['total_bytes'])} before activations")
-    print(_cache_line(plan, pretrained.config.hidden_size, args.examples, args.mean_length))
+    print(_cache_line(plan, run.encoder.config.hidden_size, args.examples, args.mean_length))
     largest = max(prediction.activation_bytes_per_task, key=prediction.activation_bytes_per_task.get)
     pieces = ", ".join(f"{piece} {mib(n)}" for piece, n in prediction.activation_bytes_per_piece.items())
     print(f"\none training step at batch {config.batch_size} x {length} tokens ({precision.name}, "
@@ -196,58 +183,20 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 
 
 ADVISE_SETS = ("plan", "hidden_size", "num_layers", "stop_at", "eval_every", "out_dir", "progress")
-BUDGETS = ("epochs", "steps", "seconds")
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
     """Predict, shortlist and probe plans for a memory budget; print the ranking and the command to run."""
-    budget = parse_budget(args.budget)
-    settings = config_settings(args)
-    if args.probe_steps is not None and args.probe_steps <= 0:
-        raise AdviceError(f"--probe-steps must be a positive number of steps, got {args.probe_steps}")
-    if args.probe_steps is not None and any(name in settings for name in BUDGETS):
-        raise AdviceError("--probe-steps sets the full run's length (the first round's steps, doubled each "
-                          "round); give it or the run's budget (--steps, --epochs, --seconds), not both")
-    config = TrainConfig(**settings)
-    pretrained = build_encoder(config)  # a checkpoint, or `random` at --hidden-size x --num-layers
-    tasks = make_tasks(config.tasks, config.data)
-    precision = resolve_precision(config.precision, resolve_device(config.device))
-    groupings = task_groupings(config.tasks) if args.groups else ()
-    candidates = predict_candidates(pretrained, tasks, config.batch_size, config.max_length, precision,
-                                    head_config(config),
-                                    candidate_plans(pretrained.config.num_hidden_layers, groupings=groupings))
-    probed = shortlist(candidates, budget, args.candidates)
-    fitting = sum(c.prediction.peak_bytes <= budget for c in candidates)
-    print(f"{fitting} of {len(candidates)} plans are predicted to fit {budget / 2**20:,.0f} MiB at batch "
-          f"{config.batch_size} x {config.max_length} ({precision.name}); probing {len(probed)}: "
-          f"{', '.join(c.plan for c in probed)}")
-    fractions = stops(len(probed))
-    if args.probe_steps is not None:  # the full run: the first round's steps, doubled each round
-        settings["steps"] = round(args.probe_steps / fractions[0])
-    shown = [f"1/{round(1 / f)}" for f in fractions[:-1]] + ["the end"]
-    print(f"each probe is the full run ({_budget_text(TrainConfig(**settings))}) stopped at {', '.join(shown)} of "
-          "it; the better half goes on from each stop")
-    train = {k: v for k, v in settings.items() if k not in ("tasks", "checkpoint", "seed")}
-    records = successive_halving([c.plan for c in probed], config.tasks, config.checkpoint,
-                                 {**train, "progress": False}, args.results, config.seed)
-    ranked, table = ranking(records, {c.plan: c.prediction.peak_bytes for c in probed})
-    print(table)
-    best = ranked[0]
-    command = ["mops", "train", "--plan", best, *[part for name, value in settings.items()
-                                                   for part in _flag_and_value(name, value)]]
-    print(f"\nrecommended: {best}\n  {' '.join(command)}")
-    twins = alike(candidates, best)
-    if twins:
+    advice = advise(config_settings(args), parse_budget(args.budget), args.candidates, args.groups, args.results,
+                    args.probe_steps)
+    print(advice.table)
+    command = ["mops", "train", "--plan", advice.best, *[part for name, value in advice.settings.items()
+                                                          for part in _flag_and_value(name, value)]]
+    print(f"\nrecommended: {advice.best}\n  {' '.join(command)}")
+    if advice.alike:
         print(f"not probed, alike in predicted peak and capacity (the split of tasks can still move the score): "
-              f"{', '.join(twins)}")
+              f"{', '.join(advice.alike)}")
     return 0
-
-
-def _budget_text(config: TrainConfig) -> str:
-    """The run's budget as the user would say it: '120 steps', '1 epoch', '600 s' (the first to end wins)."""
-    parts = [f"{config.steps} steps" if config.steps else "", f"{config.epochs:g} epoch{'s' * (config.epochs != 1)}"
-             if config.epochs else "", f"{config.seconds:g} s" if config.seconds else ""]
-    return " or ".join(part for part in parts if part)
 
 
 def _flag_and_value(name: str, value) -> list[str]:

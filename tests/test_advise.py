@@ -27,7 +27,7 @@ from mops.bench.advise import (
 )
 from mops.cli import main
 from mops.minbert import BertConfig, BertModel
-from mops.multitask.data.tasks import make_tasks
+from mops.multitask.training.assembly import assemble
 from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.precision import Precision
 from mops.multitask.training.prediction import Prediction
@@ -98,8 +98,8 @@ def test_plans_alike_in_peak_and_capacity_are_named_since_the_front_keeps_one():
 def test_predictions_of_every_candidate_rise_with_capacity():
     torch_config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                               intermediate_size=64)
-    candidates = predict_candidates(BertModel(torch_config, backend="torch"), make_tasks(["sst", "sts"], "demo"),
-                                    8, 16, Precision("fp32", "cpu"), plans=["FF", "FS", "SS", "II"])
+    run = assemble(TrainConfig(tasks=["sst", "sts"], data="demo"), encoder=BertModel(torch_config, backend="torch"))
+    candidates = predict_candidates(run, 8, 16, Precision("fp32", "cpu"), plans=["FF", "FS", "SS", "II"])
     peaks = [c.prediction.peak_bytes for c in candidates]
     assert peaks == sorted(peaks) and len(set(peaks)) == 4
     assert [c.trainable > 0 for c in candidates] == [True] * 4  # the heads train even under FF
@@ -107,6 +107,20 @@ def test_predictions_of_every_candidate_rise_with_capacity():
     assert reach["FF"] < reach["FS"] < reach["SS"] == reach["II"]  # a task reads as many layers under S as I
     assert candidates[3].trainable > candidates[2].trainable  # while I copies them per task
 
+
+@pytest.mark.parametrize("rank", [4, 64])
+def test_the_advice_predicts_lora_plans_at_the_rank_its_probes_train(rank):
+    """A LoRA plan's capacity and peak depend on the rank: the advice predicts each plan with the
+    LoRA settings of the run it probes, so the trainable count it reads is the trainer's."""
+    settings = dict(tasks=["sst", "sts"], checkpoint="random", hidden_size=64, num_layers=2, data="demo",
+                    lora_rank=rank, lora_alpha=2.0 * rank, steps=1, batch_size=4, max_length=16, progress=False)
+    (candidate,) = predict_candidates(assemble(TrainConfig(**settings)), 4, 16, Precision("fp32", "cpu"),
+                                      plans=["FL"])
+    trained = Trainer(TrainConfig(**settings, plan="FL"))
+    assert candidate.trainable == sum(p.numel() for p in trained.trainable)
+    (at_default,) = predict_candidates(assemble(TrainConfig(**{**settings, "lora_rank": 8})), 4, 16,
+                                       Precision("fp32", "cpu"), plans=["FL"])
+    assert (candidate.trainable > at_default.trainable) == (rank > 8)
 
 def fake_runs(scores: dict[str, float], calls: list):
     """Stands in for the child process of each probe run: a record with the plan's score, and a
@@ -204,7 +218,8 @@ def test_advise_probes_the_very_run_it_recommends(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(mops.bench.sweep, "run_one", run_one)
     small = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    monkeypatch.setattr("mops.cli.build_encoder", lambda config: BertModel(small, backend="torch"))  # two layers
+    monkeypatch.setattr("mops.multitask.training.assembly.build_encoder",
+                        lambda config: BertModel(small, backend="torch"))  # two layers
     common = ["advise", "--budget", "4GiB", "--data", "demo", "--batch-size", "4", "--max-length", "16",
               "--candidates", "4"]
 

@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import os
 import re
@@ -36,11 +35,11 @@ from tabulate import tabulate
 
 from mops.bench.records import read_records
 from mops.bench.sweep import SweepConfig, config_id, grid, run_sweep
-from mops.minbert import BertModel
-from mops.multitask.data.tasks import Task
-from mops.multitask.sharing.model import HeadConfig, MultitaskBert
-from mops.multitask.sharing.plan import parse_plan
-from mops.multitask.training.precision import Precision
+from mops.multitask.sharing.model import MultitaskBert
+from mops.multitask.training.assembly import RunParts, assemble
+from mops.multitask.training.config import TrainConfig
+from mops.multitask.training.devices import resolve_device
+from mops.multitask.training.precision import Precision, resolve_precision
 from mops.multitask.training.prediction import Prediction, predict
 from mops.multitask.training.trainer import BEST_FILE, LAST_FILE
 
@@ -111,19 +110,17 @@ class Candidate:
     reach: int = 0  # trainable elements one task's path reads, mean over the tasks: how deep training reaches
 
 
-def predict_candidates(pretrained: BertModel, tasks: list[Task], batch_size: int, length: int, precision: Precision,
-                       head: HeadConfig | None = None, plans: Sequence[str] | None = None) -> list[Candidate]:
-    names = [t.name for t in tasks]
-    depth = pretrained.config.num_hidden_layers
+def predict_candidates(run: RunParts, batch_size: int, length: int, precision: Precision,
+                       plans: Sequence[str] | None = None) -> list[Candidate]:
+    """Each plan's prediction, built from the run's own parts (heads, LoRA settings) as training builds it."""
     # The prediction reads shapes only: candidates built on the meta device copy no weights, so
     # two hundred plans' models cost neither memory nor time.
-    skeleton = copy.deepcopy(pretrained).to("meta")
+    skeleton = run.on_meta()
     out = []
-    for text in plans or candidate_plans(depth):
-        plan = parse_plan(text, names, depth)
-        model = MultitaskBert(skeleton, plan, tasks, head)
-        prediction = predict(model, batch_size, length, precision, skeleton.backend)
-        out.append(Candidate(str(plan), prediction, prediction.grads_bytes // 4, task_reach(model)))
+    for text in plans or candidate_plans(run.depth):
+        model = skeleton.model(text)
+        prediction = predict(model, batch_size, length, precision, skeleton.encoder.backend)
+        out.append(Candidate(str(model.plan), prediction, prediction.grads_bytes // 4, task_reach(model)))
     return out
 
 
@@ -291,3 +288,61 @@ def ranking(rounds: list[dict[str, dict]], predicted: dict[str, int]) -> tuple[l
                      f"{timing['train_seconds']:,.0f}" if timing.get("train_seconds") is not None else "-", *scores])
     return ranked, tabulate(rows, headers=["plan", "pred MiB", "peak MiB", "steps", "train s", *metric_names],
                             tablefmt="github", disable_numparse=True)
+
+
+# ---- the whole advice -------------------------------------------------------------------------
+
+BUDGETS = ("epochs", "steps", "seconds")  # the settings that give a run its length
+
+
+@dataclass
+class Advice:
+    best: str  # the recommended plan
+    settings: dict  # the run's settings as given (with the budget --probe-steps set): `mops train --plan best` + these
+    table: str  # the probed plans, ranked
+    alike: list[str]  # plans not probed, alike to `best` in predicted peak and capacity
+
+
+def budget_text(config: TrainConfig) -> str:
+    """The run's budget as the user would say it: '120 steps', '1 epoch', '600 s' (the first to end wins)."""
+    parts = [f"{config.steps} steps" if config.steps else "", f"{config.epochs:g} epoch{'s' * (config.epochs != 1)}"
+             if config.epochs else "", f"{config.seconds:g} s" if config.seconds else ""]
+    return " or ".join(part for part in parts if part)
+
+
+def advise(settings: dict, budget: int, candidates: int = 8, groups: bool = False,
+           results: str = "runs/advise.jsonl", probe_steps: int | None = None,
+           say: Callable[[str], None] = print) -> Advice:
+    """Predict every candidate plan of the run `settings` describe, shortlist what fits `budget`
+    bytes, probe the shortlist by successive halving (runs appended to `results`), and rank it.
+    `say` hears what is decided before the long part starts (what fits, how the probes run)."""
+    if candidates <= 0:
+        raise AdviceError(f"--candidates must be a positive number of plans, got {candidates}")
+    if probe_steps is not None and probe_steps <= 0:
+        raise AdviceError(f"--probe-steps must be a positive number of steps, got {probe_steps}")
+    if probe_steps is not None and any(name in settings for name in BUDGETS):
+        raise AdviceError("--probe-steps sets the full run's length (the first round's steps, doubled each "
+                          "round); give it or the run's budget (--steps, --epochs, --seconds), not both")
+    settings = dict(settings)
+    config = TrainConfig(**settings)
+    run = assemble(config)  # a checkpoint, or `random` at --hidden-size x --num-layers
+    precision = resolve_precision(config.precision, resolve_device(config.device))
+    groupings = task_groupings(config.tasks) if groups else ()
+    predicted = predict_candidates(run, config.batch_size, config.max_length, precision,
+                                   candidate_plans(run.depth, groupings=groupings))
+    probed = shortlist(predicted, budget, candidates)
+    fitting = sum(c.prediction.peak_bytes <= budget for c in predicted)
+    say(f"{fitting} of {len(predicted)} plans are predicted to fit {budget / 2**20:,.0f} MiB at batch "
+        f"{config.batch_size} x {config.max_length} ({precision.name}); probing {len(probed)}: "
+        f"{', '.join(c.plan for c in probed)}")
+    fractions = stops(len(probed))
+    if probe_steps is not None:  # the full run: the first round's steps, doubled each round
+        settings["steps"] = round(probe_steps / fractions[0])
+    shown = [f"1/{round(1 / f)}" for f in fractions[:-1]] + ["the end"]
+    say(f"each probe is the full run ({budget_text(TrainConfig(**settings))}) stopped at {', '.join(shown)} of "
+        "it; the better half goes on from each stop")
+    train = {k: v for k, v in settings.items() if k not in ("tasks", "checkpoint", "seed")}
+    records = successive_halving([c.plan for c in probed], config.tasks, config.checkpoint,
+                                 {**train, "progress": False}, results, config.seed)
+    ranked, table = ranking(records, {c.plan: c.prediction.peak_bytes for c in probed})
+    return Advice(ranked[0], settings, table, alike(predicted, ranked[0]))

@@ -27,13 +27,12 @@ import torch
 from safetensors.torch import save
 
 from mops.common.files import atomic_write
-from mops.minbert import BertConfig, BertModel, resolve_checkpoint_dir, save_pretrained
-from mops.minbert.checkpoint import CheckpointError, embedded_checkpoint_dir, load_state_into, read_checkpoint
-from mops.multitask.data.tasks import make_tasks
+from mops.minbert import BertModel, save_pretrained
+from mops.minbert.checkpoint import CheckpointError, load_state_into, read_checkpoint
 from mops.multitask.sharing.lora import merge
 from mops.multitask.sharing.model import state_prefix
-from mops.multitask.sharing.plan import parse_plan
-from mops.multitask.training.config import TrainConfig, head_config
+from mops.multitask.training.assembly import RunParts, assemble, encoder_shape
+from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.trainer import BEST_FILE, LAST_FILE
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -62,10 +61,12 @@ def export_task(run_dir: str | os.PathLike, task: str, out_dir: str | os.PathLik
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"{out_dir} already exists and is not an empty folder; choose a new folder or remove it")
 
-    bert_config, tokenizer_dir = _encoder_source(config)
-    plan = parse_plan(saved["plan"], saved["tasks"], bert_config.num_hidden_layers)
+    bert_config, tokenizer_dir = encoder_shape(config)
+    with torch.device("meta"):  # the run's parts need the encoder's shape, not its weights
+        run = assemble(config, encoder=BertModel(bert_config, backend="torch"))
+    plan = run.parse(saved["plan"])
     with_pooler = config.pooling == "pooler"
-    state = task_encoder_state(saved["model"], plan, task, config.lora_alpha / config.lora_rank, with_pooler)
+    state = task_encoder_state(saved["model"], plan, task, run.lora.scaling, with_pooler)
     encoder = BertModel(bert_config, backend="torch")
     if not with_pooler:
         state.update(_starting_pooler(config, encoder))
@@ -73,7 +74,7 @@ def export_task(run_dir: str | os.PathLike, task: str, out_dir: str | os.PathLik
         load_state_into(encoder, state, f"{run_dir / BEST_FILE} (task {task})")
     except CheckpointError as err:
         raise ExportError(f"{err}; was {run_dir} trained with another checkpoint than {config.checkpoint!r}?") from err
-    head_state, head_info = _head(saved, config, task)
+    head_state, head_info = _head(saved, run, task)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
@@ -148,23 +149,10 @@ def _read_run(run_dir: Path) -> tuple[dict, TrainConfig]:
     return saved, TrainConfig(**{k: v for k, v in settings.items() if k in names})
 
 
-def _encoder_source(config: TrainConfig) -> tuple[BertConfig, Path]:
-    """The run's encoder shape and the folder whose tokenizer files it used."""
-    if config.checkpoint == "random":
-        folder = embedded_checkpoint_dir()
-        bert = BertConfig.scaled(BertConfig.from_json(folder / "config.json"), config.hidden_size, config.num_layers)
-    else:
-        folder = resolve_checkpoint_dir(config.checkpoint)
-        bert = BertConfig.from_json(folder / "config.json")
-    if config.dropout is not None:
-        bert.hidden_dropout_prob = bert.attention_probs_dropout_prob = config.dropout
-    return bert, folder
-
-
-def _head(saved: dict, config: TrainConfig, task: str) -> tuple[dict[str, torch.Tensor], dict]:
+def _head(saved: dict, run: RunParts, task: str) -> tuple[dict[str, torch.Tensor], dict]:
     """The task head's weights and the JSON that says how to apply them."""
-    (record,) = make_tasks([task], config.data)
-    head = head_config(config)
+    config, head = run.config, run.head
+    (record,) = [t for t in run.tasks if t.name == task]
     siamese, symmetric = head.siamese(record), head.symmetric(record)
     cosine = task in config.cosine_tasks
     prefix = f"heads.{task}." if cosine else f"heads.{task}.linear."

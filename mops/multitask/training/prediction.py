@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from mops.kernels.dispatch import resolve_for_device
-from mops.minbert import BertConfig, BertModel
+from mops.minbert import BertConfig
 from mops.minbert.model import BertEmbeddings, BertLayer, BertPooler
 from mops.multitask.data.tasks import Task
 from mops.multitask.sharing.accounting import account
@@ -314,13 +314,6 @@ def library_workspace_bytes(device: torch.device, precision: Precision) -> int:
         del layer, x, y
     torch.cuda.synchronize(device)
     return max(0, torch.cuda.memory_allocated(device) - before)
-
-
-def predict_for(pretrained: BertModel, plan: SharingPlan, tasks: list[Task], batch_size: int, length: int,
-                precision: Precision, head: HeadConfig | None = None, cache_examples: int | None = None) -> Prediction:
-    """Build the plan's model from `pretrained` and predict its step (what `mops plan` prints)."""
-    model = MultitaskBert(pretrained, plan, tasks, head)
-    return predict(model, batch_size, length, precision, pretrained.backend, cache_examples)
 
 
 def measure_step_activations(model: MultitaskBert, task: str, inputs: dict, labels: torch.Tensor,

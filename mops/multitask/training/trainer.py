@@ -30,13 +30,11 @@ from mops.common.files import atomic_open, atomic_write_json
 from mops.common.machine import device_name, versions
 from mops.kernels.dispatch import resolved_backends
 from mops.minbert import AdamW, BertTokenizer
-from mops.multitask.data.tasks import Task, make_tasks, overall_score, score
+from mops.multitask.data.tasks import Task, overall_score, score
 from mops.multitask.sharing.accounting import account_model
-from mops.multitask.sharing.model import MultitaskBert
-from mops.multitask.sharing.plan import parse_plan
-from mops.multitask.training.config import TrainConfig, head_config
+from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import rank_and_world, training_device
-from mops.multitask.training.encoders import build_encoder
+from mops.multitask.training.assembly import assemble
 from mops.multitask.training.graphs import CudaCapture, GraphedSteps, resolve_graphs
 from mops.multitask.training.ledger import StepLedger
 from mops.multitask.training.precision import resolve_precision
@@ -69,23 +67,18 @@ class Trainer:
         self.distributed = dist.is_available() and dist.is_initialized()
         self.device = training_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
+        self.kernels = resolved_backends(config.backend, self.device)  # op -> backend; refuses before any work
         self.scaler = self.precision.grad_scaler()
         self.pad_multiple = config.pad_multiple or (16 if self.device.type == "cuda" else 1)
         self.out_dir = Path(config.out_dir)
 
-        tasks = make_tasks(config.tasks, config.data)
-        pretrained = build_encoder(config)
-        depth = pretrained.config.num_hidden_layers
-        self.plan = parse_plan(config.plan or "S" * depth, config.tasks, depth)
+        run = assemble(config)
+        self.plan, self.head = run.plan, run.head
         self.tokenizer = BertTokenizer.from_pretrained(None if config.checkpoint == "random" else config.checkpoint)
-        self.head = head_config(config)  # pooling, pair encodings, heads
-        self.data = [self._load(task) for task in tasks]
+        self.data = [self._load(task) for task in run.tasks]
         torch.manual_seed(config.seed)  # head initialisation
-        self.model = MultitaskBert(
-            pretrained, self.plan, tasks, self.head,
-            config.lora(),
-        ).to(self.device)
-        del pretrained
+        self.model = run.model().to(self.device)
+        del run
         self.cache, self.cache_plan = self._make_cache()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.task_names = [d.task.name for d in self.data]
@@ -392,7 +385,7 @@ class Trainer:
             },
             "precision": self.precision.name,  # what `config.precision` resolved to on this device
             "pad_multiple": self.pad_multiple,
-            "kernels": resolved_backends(self.config.backend, self.device),  # op -> the backend it ran
+            "kernels": self.kernels,  # op -> the backend it ran
             "prefix_cache": {**self.cache_plan, **(self.cache.stats() if self.cache is not None else {})},
             "metrics": final,
             "best": s["best"],
