@@ -24,13 +24,15 @@ from tabulate import tabulate
 
 from mops.bench.records import Paths, expand_paths, read_records
 from mops.common.files import atomic_open
+from mops.multitask.training.config import settings_with_role
 
 MiB = 2**20
 KNOWN_METRICS = ("sst_acc", "para_acc", "sts_r", "cfimdb_acc")  # shown first, in this order
 ROW_KEYS = ("plan", "hidden_size")  # always shown; other config keys only where rows differ
-# Config keys that never tell experiments apart: seeds are pooled, the rest is where and how a
-# run was launched. The machine a run measured on does count; it joins the row as "machine".
-POOLED_KEYS = frozenset({"seed", "out_dir", "progress", "device"})
+# Config keys that never tell experiments apart: seeds are pooled (repeats of one measurement),
+# the place settings are where and how a run was launched. The machine a run measured on does
+# count; it joins the row as "machine".
+POOLED_KEYS = frozenset({*settings_with_role("place"), "seed"})
 
 
 # -- small pure helpers ----------------------------------------------------------------------

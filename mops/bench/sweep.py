@@ -28,10 +28,10 @@ from mops.bench.records import append_record, completed_ids, run_id
 from mops.common.machine import device_name
 from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import resolve_device
+from mops.multitask.training.record import failure_record
 
-# Training settings that define a run (everything but where it writes and how it shows progress).
-IGNORED_IN_ID = ("out_dir", "progress", "device")
-# Training settings each run takes from the sweep's grid, and those the sweep sets for every run.
+# Training settings each run takes from the sweep's grid, and the place settings (see
+# TrainConfig's roles) the sweep sets for every run: its own folder, no progress bars.
 GRID_FIELDS = ("tasks", "plan", "checkpoint", "hidden_size", "seed")
 SET_BY_SWEEP = ("out_dir", "progress")
 
@@ -103,7 +103,7 @@ def grid(sweep: SweepConfig) -> list[TrainConfig]:
 
 
 def config_id(config: TrainConfig) -> str:
-    return run_id({k: v for k, v in dataclasses.asdict(config).items() if k not in IGNORED_IN_ID})
+    return run_id(config.measured())
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -126,8 +126,8 @@ def shard_results_path(results: str | os.PathLike, shard: tuple[int, int]) -> Pa
 
 
 def _failure_record(config: TrainConfig, rid: str, status: str, error: str, seconds: float) -> dict:
-    return {"run_id": rid, "status": status, "error": error, "config": dataclasses.asdict(config),
-            "timing": {"wall_seconds": round(seconds, 3)}, "device": device_name(resolve_device(config.device))}
+    record = failure_record(config, status, error, device_name(resolve_device(config.device)), wall_seconds=seconds)
+    return {"run_id": rid, **record}
 
 
 def _classify_failure(returncode: int, stderr: str) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from mops.common.machine import device_name
 from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import resolve_device
 from mops.multitask.training.prediction import predict
+from mops.multitask.training.record import failure_record
 from mops.multitask.training.trainer import Trainer
 
 
@@ -48,13 +49,9 @@ def main(argv: list[str]) -> int:
         record["prediction"] = _prediction(trainer)
     except Exception as err:  # the run failed; its record says how, the sweep goes on
         oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-        record = {
-            "status": "oom" if oom else "failed",
-            "error": "".join(traceback.format_exception_only(err)).strip() + "\n" + traceback.format_exc(limit=-3),
-            "config": json.loads(spec.read_text()),
-            "memory": samplers[-1].result().to_dict() if samplers else None,
-            "device": device_name(resolve_device(config.device)),
-        }
+        error = "".join(traceback.format_exception_only(err)).strip() + "\n" + traceback.format_exc(limit=-3)
+        record = failure_record(config, "oom" if oom else "failed", error, device_name(resolve_device(config.device)),
+                                memory=samplers[-1].result().to_dict() if samplers else None)
     atomic_write_json(out, record, indent=None)
     return 0 if record["status"] == "ok" else 1
 

@@ -25,11 +25,22 @@ from mops.multitask.training.schedule import SCHEDULES
 PAIR_TASKS = tuple(name for name, kind in TASK_KINDS.items() if kind.is_pair)
 
 
+# What a setting is to a run, the one list every part reads (each field's `role`):
+#   "fixed"      identifies the run and may not change when it resumes (the default)
+#   "resumable"  identifies the run (its id in a sweep) but may change when it resumes: budgets,
+#                how often it evaluates, how its steps execute
+#   "place"      where and how visibly it runs: neither part of its id nor fixed (a run moved or
+#                copied elsewhere goes on there; runs that differ only here are one measurement)
+ROLES = ("fixed", "resumable", "place")
+
+
 def setting(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None, *,
-            factory: Any = dataclasses.MISSING, flag: str | None = None) -> Any:
-    """A TrainConfig field with its help text, its valid values and, rarely, a flag that is not
-    `--field-name` (e.g. `--out` for `out_dir`, `--quiet` for `progress`)."""
-    metadata = {"help": help, "choices": choices, "flag": flag}
+            factory: Any = dataclasses.MISSING, flag: str | None = None, role: str = "fixed") -> Any:
+    """A TrainConfig field with its help text, its valid values, its role (see ROLES) and, rarely,
+    a flag that is not `--field-name` (e.g. `--out` for `out_dir`, `--quiet` for `progress`)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    metadata = {"help": help, "choices": choices, "flag": flag, "role": role}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -47,12 +58,13 @@ class TrainConfig:
     hidden_size: int | None = setting(None, "width of a random encoder (checkpoint 'random'; default: the embedded checkpoint's)")
     num_layers: int | None = setting(None, "depth of a random encoder (checkpoint 'random'; default: the embedded checkpoint's)")
     epochs: float | None = setting(None, "budget in passes over all tasks' training batches "
-                                         "(the first budget reached stops; 1 epoch when no budget is given)")
-    steps: int | None = setting(None, "budget in optimizer steps (default: none)")
-    seconds: float | None = setting(None, "budget in seconds of training (default: none)")
+                                         "(the first budget reached stops; 1 epoch when no budget is given)",
+                                   role="resumable")
+    steps: int | None = setting(None, "budget in optimizer steps (default: none)", role="resumable")
+    seconds: float | None = setting(None, "budget in seconds of training (default: none)", role="resumable")
     stop_at: float | None = setting(None, "end the run once this fraction of its budget is spent, the schedule "
                                           "still laid over the whole budget; run it again without this to go on "
-                                          "(how `mops advise` probes a run's beginning)")
+                                          "(how `mops advise` probes a run's beginning)", role="resumable")
     batch_size: int = setting(32, "examples per batch")
     lr: float = setting(5e-5, "peak learning rate")
     schedule: str = setting("linear", "learning-rate schedule: linear warm-up then decay to 0, or constant",
@@ -84,7 +96,7 @@ class TrainConfig:
     lora_targets: list[str] = setting(factory=lambda: list(LORA_TARGETS), choices=tuple(LORA_TARGETS),
                                       help="linear layers of an L layer that get a LoRA update (an L pooler "
                                            "always adapts its dense layer)")
-    eval_every: int | None = setting(None, "steps between dev evaluations (default: once per epoch)")
+    eval_every: int | None = setting(None, "steps between dev evaluations (default: once per epoch)", role="resumable")
     max_train_examples: int | None = setting(None, "cap each training set (quick looks; default: the whole set)")
     max_eval_examples: int | None = setting(None, "cap each dev set at a random sample of this many (the same for "
                                                                    "every run; quick looks; default: the whole set)")
@@ -97,21 +109,17 @@ class TrainConfig:
                                      "state stay fp32", PRECISIONS)
     cache_frozen: bool = setting(True, "keep the frozen prefix's outputs after an example's first pass, so "
                                        "frozen layers cost nothing in later epochs (host memory; GPU memory where "
-                                       "it fits a quarter of the free memory)")
+                                       "it fits a quarter of the free memory)", role="resumable")
     pad_multiple: int | None = setting(None, "pad each batch's length up to a multiple of this, so a run sees "
                                              "few distinct shapes (default: 16 on a GPU, 1 on the CPU)")
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
-    out_dir: str = setting("runs/latest", "run folder: last.pt, best.pt, results.json", flag="--out")
-    progress: bool = setting(True, "no progress bars", flag="--quiet")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", role="place")
+    out_dir: str = setting("runs/latest", "run folder: last.pt, best.pt, results.json", flag="--out", role="place")
+    progress: bool = setting(True, "no progress bars", flag="--quiet", role="place")
     cuda_graphs: str = setting("auto", "replay each training and evaluation step as a CUDA graph: on, off, or auto "
-                                       "(on only where a committed GPU measurement shows it faster)", CUDA_GRAPHS)
+                                       "(on only where a committed GPU measurement shows it faster)", CUDA_GRAPHS,
+                            role="resumable")
     check_every: int = setting(25, "steps between reads of the device-side loss check and the progress bar's "
-                                   "loss (each read waits for the GPU)")
-
-    # Fields that may change between a run and its resumption: budgets, cosmetics, and the folder
-    # (a run moved or copied elsewhere goes on there).
-    RESUMABLE_CHANGES = ("epochs", "steps", "seconds", "stop_at", "progress", "eval_every", "device", "cache_frozen",
-                         "cuda_graphs", "check_every", "out_dir")
+                                   "loss (each read waits for the GPU)", role="resumable")
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.seconds is None:
@@ -159,10 +167,27 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The settings a resumed run must share with the run that wrote the checkpoint."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESUMABLE_CHANGES}
+        return {k: v for k, v in dataclasses.asdict(self).items() if role_of(k) == "fixed"}
+
+    def measured(self) -> dict:
+        """The settings that make a run the measurement it is (a sweep's run id): all but the place."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if role_of(k) != "place"}
+
+
+def role_of(name: str) -> str:
+    """A setting's role (see ROLES); KeyError for a name that is no setting."""
+    return _ROLES[name]
+
+
+def settings_with_role(*roles: str) -> tuple[str, ...]:
+    """The settings whose role is one of `roles`, in field order."""
+    return tuple(name for name, role in _ROLES.items() if role in roles)
 
 
 def head_config(config: TrainConfig) -> HeadConfig:
     """How the model reads the encoder and what its task heads are, from the training settings."""
     return HeadConfig(config.pair_encoding, config.head_dropout, config.pooling, tuple(config.cosine_tasks),
                       config.scale_regression, config.symmetric_pairs)
+
+
+_ROLES = {spec.name: spec.metadata["role"] for spec in dataclasses.fields(TrainConfig)}

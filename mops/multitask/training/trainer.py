@@ -35,6 +35,7 @@ from mops.multitask.sharing.accounting import account_model
 from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import rank_and_world, training_device
 from mops.multitask.training.assembly import assemble
+from mops.multitask.training.record import SCHEMA
 from mops.multitask.training.graphs import CudaCapture, GraphedSteps, resolve_graphs
 from mops.multitask.training.ledger import StepLedger
 from mops.multitask.training.precision import resolve_precision
@@ -372,6 +373,7 @@ class Trainer:
         epochs_done = s["step"] / self.batches_per_epoch
         reading = memory.result() if hasattr(memory, "result") else None
         return {
+            "schema": SCHEMA,
             "status": "ok",
             "error": None,
             "config": {
