@@ -26,14 +26,14 @@ from mops.kernels.dispatch import device_rows
 from mops.multitask.data.download import SOURCES, DownloadError, download
 from mops.multitask.data.examples import DataError
 from mops.multitask.data.tasks import TASK_NAMES
-from mops.multitask.sharing.accounting import account_model
+from mops.multitask.sharing.accounting import account
 from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import init_distributed_from_env, resolve_device
 from mops.multitask.training.assembly import assemble
 from mops.multitask.training.export import export_task
 from mops.multitask.training.precision import resolve_precision
 from mops.multitask.training.prediction import predict
-from mops.multitask.training.prefix_cache import predict_bytes
+from mops.multitask.training.prefix_cache import describe_cache
 from mops.multitask.training.trainer import Trainer
 from mops.options import add_config_options, comma_list, config_settings, flag_of
 
@@ -69,39 +69,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(plan.describe())
     if config.pooling != "pooler":
         print(f"pooling: {config.pooling} (no weights), in place of the pooler row above")
-    accounting = account_model(model)
-    mib = lambda n: f"{n / 2**20:,.1f} MiB"  # noqa: E731
-    print(f"\nparameters: {accounting['unique_params']:,} unique, {accounting['trainable_params']:,} trainable")
-    print(f"memory for weights {mib(accounting['weight_bytes'])}, gradients {mib(accounting['grad_bytes'])}, "
-          f"AdamW state {mib(accounting['optimizer_bytes'])}: {mib(accounting['total_bytes'])} before activations")
-    print(_cache_line(plan, run.encoder.config.hidden_size, args.examples, args.mean_length))
-    largest = max(prediction.activation_bytes_per_task, key=prediction.activation_bytes_per_task.get)
-    pieces = ", ".join(f"{piece} {mib(n)}" for piece, n in prediction.activation_bytes_per_piece.items())
-    print(f"\none training step at batch {config.batch_size} x {length} tokens ({precision.name}, "
-          f"{config.backend} kernels), calibrated on {precision.device_type}:")
-    print(f"activations kept for the backward: {mib(prediction.activation_bytes)} (largest task: {largest}); "
-          f"per piece: {pieces}")
-    print(f"largest transient: {mib(prediction.transient_bytes)}; AdamW's step buffers: "
-          f"{mib(prediction.optimizer_transient_bytes)}; math-library workspaces: {mib(prediction.library_bytes)}")
-    print(f"estimated peak: {mib(prediction.peak_bytes)} (weights + gradients + AdamW state + the larger of "
-          f"activations + the largest transient and AdamW's step buffers + workspaces)")
+    print("\n" + account(model.parameters()).describe())
+    print(describe_cache(plan, run.encoder.config.hidden_size, args.examples, args.mean_length))
+    print("\n" + prediction.describe(precision.device_type))
     return 0
-
-
-def _cache_line(plan, hidden_size: int, examples: int | None, mean_length: float) -> str:
-    """What the frozen-prefix cache would hold for a data set of this size (training + dev)."""
-    prefix = plan.frozen_prefix_length()
-    if prefix == 0:
-        return "frozen-prefix cache: none (the plan has no frozen prefix)"
-    if examples is None:
-        return "frozen-prefix cache: pass --examples N (and --mean-length L) to size it"
-    pooled = prefix == plan.num_layers + 2
-    tokens = round(examples * mean_length)
-    sizes = {name: predict_bytes(tokens, examples, hidden_size, dtype, pooled) / 2**20
-             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    kept = "one pooled vector per example" if pooled else f"{hidden_size} values per real token"
-    return (f"frozen-prefix cache for {examples:,} examples of {mean_length:g} tokens on average ({kept}): "
-            f"{sizes['fp32']:,.1f} MiB in fp32, {sizes['bf16']:,.1f} MiB under bf16 (off: --no-cache-frozen)")
 
 
 def _sweep_config(args: argparse.Namespace, demo: bool) -> SweepConfig:

@@ -26,6 +26,16 @@ class Accounting:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """Two lines for the command line: parameters, and the memory they take before activations."""
+        return (f"parameters: {self.unique_params:,} unique, {self.trainable_params:,} trainable\n"
+                f"memory for weights {mib(self.weight_bytes)}, gradients {mib(self.grad_bytes)}, "
+                f"AdamW state {mib(self.optimizer_bytes)}: {mib(self.total_bytes)} before activations")
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
 
 def account(params: Iterable[torch.nn.Parameter]) -> Accounting:
     unique = {id(p): p for p in params}.values()

@@ -51,7 +51,7 @@ from mops.kernels.dispatch import resolve_for_device
 from mops.minbert import BertConfig
 from mops.minbert.model import BertEmbeddings, BertLayer, BertPooler
 from mops.multitask.data.tasks import Task
-from mops.multitask.sharing.accounting import account
+from mops.multitask.sharing.accounting import account, mib
 from mops.multitask.sharing.bitfit import bitfit_copies
 from mops.multitask.sharing.lora import LoRAConfig, lora_copies
 from mops.multitask.sharing.model import HeadConfig, MultitaskBert, make_head, task_loss
@@ -205,6 +205,21 @@ class Prediction:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def describe(self, calibrated_on: str) -> str:
+        """The step's memory for the command line, term by term, as `SharingPlan.describe` tells its pieces."""
+        largest = max(self.activation_bytes_per_task, key=self.activation_bytes_per_task.get)
+        pieces = ", ".join(f"{piece} {mib(n)}" for piece, n in self.activation_bytes_per_piece.items())
+        return "\n".join([
+            f"one training step at batch {self.batch_size} x {self.length} tokens ({self.precision}, "
+            f"{self.backend} kernels), calibrated on {calibrated_on}:",
+            f"activations kept for the backward: {mib(self.activation_bytes)} (largest task: {largest}); "
+            f"per piece: {pieces}",
+            f"largest transient: {mib(self.transient_bytes)}; AdamW's step buffers: "
+            f"{mib(self.optimizer_transient_bytes)}; math-library workspaces: {mib(self.library_bytes)}",
+            f"estimated peak: {mib(self.peak_bytes)} (weights + gradients + AdamW state + the larger of "
+            f"activations + the largest transient and AdamW's step buffers + workspaces)",
+        ])
 
 
 def _trains(piece: str, assignment) -> bool:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mops.multitask.sharing.model import PrefixOutput
+from mops.multitask.sharing.plan import SharingPlan
 
 # Where the cache may live: GPU memory when it takes at most this share of the free GPU memory,
 # else host memory when it takes at most this share of the available host memory, else nowhere.
@@ -35,6 +36,22 @@ def predict_bytes(token_counts: int, examples: int, hidden_size: int, dtype: tor
     """Bytes the cache takes: per real token (or per example when pooled) one hidden vector."""
     vectors = examples if pooled else token_counts
     return vectors * hidden_size * torch.empty((), dtype=dtype).element_size()
+
+
+def describe_cache(plan: SharingPlan, hidden_size: int, examples: int | None, mean_length: float) -> str:
+    """What the cache would hold for a data set of this size (training + dev), for the command line."""
+    prefix = plan.frozen_prefix_length()
+    if prefix == 0:
+        return "frozen-prefix cache: none (the plan has no frozen prefix)"
+    if examples is None:
+        return "frozen-prefix cache: pass --examples N (and --mean-length L) to size it"
+    pooled = prefix == plan.num_layers + 2
+    tokens = round(examples * mean_length)
+    sizes = {name: predict_bytes(tokens, examples, hidden_size, dtype, pooled) / 2**20
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    kept = "one pooled vector per example" if pooled else f"{hidden_size} values per real token"
+    return (f"frozen-prefix cache for {examples:,} examples of {mean_length:g} tokens on average ({kept}): "
+            f"{sizes['fp32']:,.1f} MiB in fp32, {sizes['bf16']:,.1f} MiB under bf16 (off: --no-cache-frozen)")
 
 
 def available_host_bytes() -> int | None:
