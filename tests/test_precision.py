@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from mops.common import machine
 from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.precision import Precision, resolve_precision
 from mops.multitask.training.trainer import Trainer
 
-CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
 
 def tiny(tmp_path: Path, **overrides) -> TrainConfig:
@@ -44,7 +45,7 @@ def test_auto_on_a_gpu_is_bf16_where_it_exists_and_fp16_elsewhere(monkeypatch, h
 
 def test_bf16_on_a_gpu_without_it_says_to_use_fp16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    monkeypatch.setattr(machine, "gpu_name", lambda index: "Tesla V100")
     with pytest.raises(ValueError, match="Tesla V100 has no bf16 arithmetic; use --precision fp16"):
         resolve_precision("bf16", CUDA)
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mops.common.machine import device_name
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -47,5 +49,5 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
             return Precision("fp32", device.type)
         name = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if name == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise ValueError(f"{torch.cuda.get_device_name(device)} has no bf16 arithmetic; use --precision fp16")
+        raise ValueError(f"{device_name(device)} has no bf16 arithmetic; use --precision fp16")
     return Precision(name, device.type)
