@@ -41,7 +41,7 @@ from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import resolve_device
 from mops.multitask.training.precision import Precision, resolve_precision
 from mops.multitask.training.prediction import Prediction, predict
-from mops.multitask.training.trainer import BEST_FILE, LAST_FILE
+from mops.multitask.training.run_files import BEST_FILE, LAST_FILE
 
 ORDER = ("F", "L", "B", "S", "I")  # bottom to top: what each layer may be, never lower than the one below
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

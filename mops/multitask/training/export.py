@@ -33,7 +33,7 @@ from mops.multitask.sharing.lora import merge
 from mops.multitask.sharing.model import state_prefix
 from mops.multitask.training.assembly import RunParts, assemble, encoder_shape
 from mops.multitask.training.config import TrainConfig
-from mops.multitask.training.trainer import BEST_FILE, LAST_FILE
+from mops.multitask.training.run_files import BEST_FILE, LAST_FILE, CheckpointRefused, load_checkpoint
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 HEAD_WEIGHTS, HEAD_JSON = "head.safetensors", "head.json"
@@ -138,10 +138,14 @@ def _read_run(run_dir: Path) -> tuple[dict, TrainConfig]:
     best = run_dir / BEST_FILE
     if not best.is_file():
         raise ExportError(f"{run_dir} has no {BEST_FILE}: no checkpoint to export; train a run there first")
-    saved = torch.load(best, map_location="cpu", weights_only=False)
-    settings = saved.get("config")
-    if settings is None and (run_dir / LAST_FILE).is_file():
-        settings = torch.load(run_dir / LAST_FILE, map_location="cpu", weights_only=False).get("config")
+    retrain = f"retrain the run (`mops train --fresh --out {run_dir}` with its settings) to export it"
+    try:
+        saved = load_checkpoint(best, retrain)
+        settings = saved.get("config")
+        if settings is None and (run_dir / LAST_FILE).is_file():
+            settings = load_checkpoint(run_dir / LAST_FILE, retrain).get("config")
+    except CheckpointRefused as err:
+        raise ExportError(str(err)) from err
     if settings is None:
         raise ExportError(f"{best} records no run settings (written before `mops export` existed) and there is "
                           f"no {LAST_FILE} beside it; retrain the run to export it")

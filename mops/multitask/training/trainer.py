@@ -26,7 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import mops.kernels.adamw
-from mops.common.files import atomic_open, atomic_write_json
+from mops.common.files import atomic_write_json
 from mops.common.machine import device_name, versions
 from mops.kernels.dispatch import resolved_backends
 from mops.minbert import AdamW, BertTokenizer
@@ -36,6 +36,7 @@ from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import rank_and_world, training_device
 from mops.multitask.training.assembly import assemble
 from mops.multitask.training.record import SCHEMA
+from mops.multitask.training.run_files import BEST_FILE, LAST_FILE, RESULTS_FILE, load_checkpoint, save_checkpoint
 from mops.multitask.training.graphs import CudaCapture, GraphedSteps, resolve_graphs
 from mops.multitask.training.ledger import StepLedger
 from mops.multitask.training.precision import resolve_precision
@@ -44,16 +45,10 @@ from mops.multitask.training.sampling import task_at_step
 from mops.multitask.training.schedule import lr_factor_tensor
 from mops.multitask.training.task_data import NoTrainingData, TaskData, load_task_data
 
-RESULTS_FILE, LAST_FILE, BEST_FILE = "results.json", "last.pt", "best.pt"
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a NaN loss, a checkpoint from another configuration)."""
-
-
-def _atomic_save(obj, path: Path) -> None:
-    with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle)
 
 
 class Trainer:
@@ -174,7 +169,11 @@ class Trainer:
         path = self.out_dir / LAST_FILE
         if not path.is_file():
             return False
-        saved = torch.load(path, map_location=self.device, weights_only=False)
+        fresh = "run again with --fresh to start over (it replaces the folder's checkpoints), or use another --out"
+        saved = load_checkpoint(path, fresh, map_location=self.device)
+        missing = [key for key in ("config", "model", "optimizer", "scaler", "state", "rng") if key not in saved]
+        if missing:
+            raise TrainingError(f"{path} is not a run checkpoint (it lacks {', '.join(missing)}); {fresh}")
         if saved["config"] != self.config.identity():
             changed = sorted(k for k in saved["config"] if saved["config"][k] != self.config.identity().get(k))
             raise TrainingError(
@@ -196,7 +195,7 @@ class Trainer:
     def _save_last(self) -> None:
         if self.rank != 0:
             return
-        _atomic_save(
+        save_checkpoint(
             {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
              "scaler": self.scaler.state_dict(), "state": self.state, "ledger": self.ledger.values.cpu(),
              "rng": torch.get_rng_state(),
@@ -359,7 +358,7 @@ class Trainer:
         if s["best"] is None or metrics["overall"] > s["best"]["metrics"]["overall"]:
             s["best"] = {"step": s["step"], "metrics": metrics}
             if self.rank == 0:
-                _atomic_save({"model": self.model.state_dict(), "plan": str(self.plan), "tasks": self.config.tasks,
+                save_checkpoint({"model": self.model.state_dict(), "plan": str(self.plan), "tasks": self.config.tasks,
                               "metrics": metrics, "step": s["step"], "config": self.config.identity()},
                              self.out_dir / BEST_FILE)
         if self.rank == 0 and self._bars():

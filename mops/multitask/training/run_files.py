@@ -1,0 +1,50 @@
+"""The files of a run folder, and checkpoints that are data, never code.
+
+A run folder is something people pass around (resume a copied run, export someone's run), so
+its checkpoints are read with `torch.load(weights_only=True)`: tensors and plain containers
+only. A pickle that asks for anything else (a function to call, a class to build) is refused
+before it runs, and a file that is not a checkpoint at all (empty, truncated, a folder, another
+file's bytes) is refused the same way, each with a message that names it and says what to do.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from mops.common.files import atomic_open
+
+RESULTS_FILE, LAST_FILE, BEST_FILE = "results.json", "last.pt", "best.pt"
+
+
+class CheckpointRefused(RuntimeError):
+    """A checkpoint that cannot be read safely: corrupt, or asking to run code."""
+
+
+def save_checkpoint(contents: dict, path: Path) -> None:
+    """Write `contents` (tensors and plain containers) so that a reader sees the old file or the new one."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(contents, handle)
+
+
+def load_checkpoint(path: Path, remedy: str, map_location: str | torch.device = "cpu") -> dict:
+    """The checkpoint at `path` as data; CheckpointRefused naming the file and `remedy` otherwise."""
+    if path.is_dir():
+        raise CheckpointRefused(f"{path} is a folder, not a checkpoint; {remedy}")
+    try:
+        contents = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # what weights_only refuses: a global, a class, a call
+        raise CheckpointRefused(
+            f"{path} asks to run code or build objects when loaded, and MOPS loads checkpoints as data only "
+            f"({str(err).splitlines()[0][:200]}); it was not written by this version of MOPS or was tampered "
+            f"with: {remedy}") from err
+    except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointRefused(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0][:200] if str(err) else 'empty or cut short'}); "
+                                f"{remedy}") from err
+    if not isinstance(contents, dict):
+        raise CheckpointRefused(f"{path} holds a {type(contents).__name__}, not a run checkpoint; {remedy}")
+    return contents
