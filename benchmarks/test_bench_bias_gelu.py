@@ -9,19 +9,17 @@ and `peak_extra_bytes` (peak allocation over one step less what was held before 
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
 from benchmarks.conftest import copy_step, measure_bandwidth, requires_cuda, synchronize
 from mops import kernels
+from mops.kernels import rowwise
+from mops.kernels.bias_gelu import MAX_BLOCK_N
 
 ROWS, WIDTH = 16384, 3072
 DTYPE = torch.bfloat16
 ROUNDS, WARMUP = 100, 10
-
-_bg = sys.modules["mops.kernels.bias_gelu"]
 
 
 def fwd_bwd_bytes(rows: int, width: int, elem: int, programs: int) -> int:
@@ -47,8 +45,8 @@ def test_bias_gelu_fwd_bwd_bf16(benchmark, impl):
     x = torch.randn(ROWS, WIDTH, device="cuda", generator=g).to(DTYPE).requires_grad_()
     bias = (0.1 * torch.randn(WIDTH, device="cuda", generator=g)).to(DTYPE).requires_grad_()
     dy = torch.randn(ROWS, WIDTH, device="cuda", generator=g).to(DTYPE)
-    block_n, tile_rows, _ = _bg._launch_config(WIDTH)
-    programs, _ = _bg.backward_programs(-(-ROWS // tile_rows), -(-WIDTH // block_n), x.device)
+    block_n, tile_rows, _ = rowwise.row_tile(WIDTH, MAX_BLOCK_N)
+    programs, _ = rowwise.backward_grid(-(-ROWS // tile_rows), x.device, -(-WIDTH // block_n))
     nbytes = fwd_bwd_bytes(ROWS, WIDTH, x.element_size(), programs)
 
     def run(backend):

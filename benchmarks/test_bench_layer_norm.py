@@ -18,19 +18,17 @@ launch overhead whenever that is longer than the GPU work.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
 from benchmarks.conftest import copy_step, measure_bandwidth, requires_cuda, synchronize
 from mops import kernels
+from mops.kernels import rowwise
+from mops.kernels.layer_norm import MAX_WIDTH
 
 ROWS, WIDTH, EPS = 16384, 768, 1e-12
 DTYPE = torch.bfloat16
 ROUNDS, WARMUP = 100, 10
-
-_ln = sys.modules["mops.kernels.layer_norm"]
 
 
 def fwd_bwd_bytes(rows: int, width: int, elem: int, param_elem: int, residual: bool, programs: int) -> int:
@@ -63,8 +61,8 @@ def test_layer_norm_fwd_bwd_bf16(benchmark, impl, residual):
     b = (0.1 * torch.randn(WIDTH, device="cuda", generator=g)).to(DTYPE).requires_grad_()
     dy = torch.randn(ROWS, WIDTH, device="cuda", generator=g).to(DTYPE)
     leaves = [t for t in (x, r, w, b) if t is not None]
-    block_n, tile_rows, _ = _ln._launch_config(WIDTH)
-    programs, _ = _ln.backward_programs(-(-ROWS // tile_rows), x.device)
+    block_n, tile_rows, _ = rowwise.row_tile(WIDTH, MAX_WIDTH)
+    programs, _ = rowwise.backward_grid(-(-ROWS // tile_rows), x.device)
     nbytes = fwd_bwd_bytes(ROWS, WIDTH, x.element_size(), w.element_size(), residual, programs)
 
     def run(backend):

@@ -14,7 +14,8 @@ import torch
 
 import mops.kernels.dispatch
 from mops.kernels import reference
-from mops.kernels.bias_gelu import _launch_config, backward_programs
+from mops.kernels.bias_gelu import MAX_BLOCK_N
+from mops.kernels.rowwise import backward_grid, row_tile
 
 CUDA = torch.cuda.is_available()
 # Where the Triton path runs: the GPU when there is one, else the CPU interpreter (conftest.py).
@@ -90,8 +91,8 @@ def test_exact_erf_not_tanh():
 def test_dbias_is_deterministic():
     x, bias, dy = _make((57, 1000), torch.float32, DEVICE, seed=2)
     if not CUDA:  # the interpreter's grid: several programs, each summing several row tiles
-        block_n, rows, _ = _launch_config(1000)
-        programs, per_program = backward_programs(-(-57 // rows), 1, x.device)
+        block_n, rows, _ = row_tile(1000, MAX_BLOCK_N)
+        programs, per_program = backward_grid(-(-57 // rows), x.device, 1)
         assert programs > 1 and per_program > 1
     first = _forward_backward(_triton, x, bias, dy)
     second = _forward_backward(_triton, x, bias, dy)

@@ -28,7 +28,7 @@ triton = pytest.importorskip("triton", reason="Triton is not installed (it is Li
 if "nvidia" not in getattr(triton.backends, "backends", {}):
     pytest.skip("this Triton has no NVIDIA backend (and no ptxas)", allow_module_level=True)
 
-from mops.kernels import launch_config as lc
+from mops.kernels import attention_blocks as lc
 from mops.kernels import resources
 from mops.kernels.resources import Resources
 

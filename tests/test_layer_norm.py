@@ -15,7 +15,8 @@ import torch
 
 import mops.kernels.dispatch
 from mops.kernels import reference
-from mops.kernels.layer_norm import _launch_config, backward_programs
+from mops.kernels.layer_norm import MAX_WIDTH
+from mops.kernels.rowwise import backward_grid, row_tile
 
 CUDA = torch.cuda.is_available()
 # Where the Triton path runs: the GPU when there is one, else the CPU interpreter (conftest.py).
@@ -110,8 +111,8 @@ def test_matches_reference(shape, res_shape, dtype):
 def test_dweight_dbias_are_deterministic():
     x, w, b, r, dy = _make((45, 768), "same", torch.float32, DEVICE, seed=3)
     if not CUDA:  # the interpreter's grid: several programs, each summing several row tiles
-        block_n, rows, _ = _launch_config(768)
-        programs, per_program = backward_programs(-(-45 // rows), x.device)
+        block_n, rows, _ = row_tile(768, MAX_WIDTH)
+        programs, per_program = backward_grid(-(-45 // rows), x.device)
         assert programs > 1 and per_program > 1
     _, first = _forward_backward(_triton, x, w, b, r, dy)
     _, second = _forward_backward(_triton, x, w, b, r, dy)

@@ -26,7 +26,7 @@ call, and a CUDA graph that replays the call draws a new seed each replay (the g
 offset advances on every replay). The backward reads the same seed tensor and regenerates the
 forward's mask exactly. `_attention_dropout_mask` materialises the same mask for tests.
 
-Launches. Block sizes come from `launch_config` (a per-architecture table; tuning is an opt-in
+Launches. Block sizes come from `attention_blocks` (a per-architecture table; tuning is an opt-in
 whose choices are saved), and every launch goes through `launches.launch`, so tests can count the
 compiled variants.
 
@@ -42,7 +42,7 @@ import torch
 
 from mops.kernels import autocast, reference
 from mops.kernels.dispatch import resolve_backend
-from mops.kernels.launch_config import Config, config_for
+from mops.kernels.attention_blocks import Config, config_for
 from mops.kernels.launches import launch
 
 try:
@@ -70,22 +70,85 @@ if triton is not None:  # where Triton cannot be installed, the PyTorch twin run
 
 
     @triton.jit
+    def _program(H, SEED, HAS_DROPOUT: tl.constexpr):
+        """(block, batch * head, batch, head, dropout seed) of this program: the block along L is
+        grid axis 0, b * H + h axis 1."""
+        pid = tl.program_id(0)
+        bh = tl.program_id(1)
+        off_b = bh // H
+        off_h = bh % H
+        seed = tl.load(SEED) if HAS_DROPOUT else 0  # read from memory: the same launch serves every step
+        return pid, bh, off_b, off_h, seed
+
+
+    @triton.jit
+    def _key_length(KV_LEN, off_b, L, HAS_MASK: tl.constexpr):
+        """Sequence off_b's last real token + 1: 0 for an all-padding sequence, L without a mask."""
+        if HAS_MASK:
+            kv_len = tl.load(KV_LEN + off_b)
+        else:
+            kv_len = L
+        return kv_len
+
+
+    @triton.jit
+    def _real_keys(MASK, off_b, L, offs_n, in_range, HAS_MASK: tl.constexpr):
+        """Which keys `offs_n` of sequence off_b are real tokens (within `in_range`)."""
+        if HAS_MASK:
+            real = tl.load(MASK + off_b * L + offs_n, mask=in_range, other=0) != 0
+        else:
+            real = in_range
+        return real
+
+
+    @triton.jit
+    def _key_block(
+        q, k_base, v_base, MASK, off_b, start_n, kv_len, L, offs_d, d_ok,
+        stride_kl, stride_kd, stride_vl, stride_vd, qk_scale,
+        HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        """The key block at start_n, as the forward and dQ stream it past their query block: its key
+        positions, k and v (BLOCK_N, BLOCK_D), and the scores q k^T * qk_scale (BLOCK_M, BLOCK_N),
+        -inf at padding keys and keys past kv_len."""
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_range = offs_n < kv_len
+        kv_mask = in_range[:, None] & d_ok[None, :]
+        k = tl.load(k_base + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+        valid = _real_keys(MASK, off_b, L, offs_n, in_range, HAS_MASK)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        return offs_n, k, v, tl.where(valid[None, :], s, float("-inf"))
+
+
+    @triton.jit
+    def _query_block(
+        q_base, do_base, LSE, DELTA, row_base, start_m, L, offs_d, d_ok,
+        stride_ql, stride_qd, stride_dol, stride_dod,
+        BLOCK_M: tl.constexpr,
+    ):
+        """The query block at start_m, as the backward reads it: its rows, q and dO (BLOCK_M, BLOCK_D),
+        and the rows' saved log-sum-exp and delta (BLOCK_M,); rows past L get lse = +inf (P = 0)."""
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < L
+        q_mask = row_ok[:, None] & d_ok[None, :]
+        q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dol + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
+        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+        return offs_m, q, do, lse, delta
+
+
+    @triton.jit
     def _attn_fwd_kernel(
         Q, K, V, O, LSE, MASK, KV_LEN, SEED,
-        stride_qb, stride_qh, stride_ql, stride_qd,
-        stride_kb, stride_kh, stride_kl, stride_kd,
-        stride_vb, stride_vh, stride_vl, stride_vd,
-        stride_ob, stride_oh, stride_ol, stride_od,
+        stride_qb, stride_qh, stride_ql, stride_qd, stride_kb, stride_kh, stride_kl, stride_kd,
+        stride_vb, stride_vh, stride_vl, stride_vd, stride_ob, stride_oh, stride_ol, stride_od,
         H, L, qk_scale, dropout_p, drop_scale,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
         HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        pid_m = tl.program_id(0)
-        bh = tl.program_id(1)
-        off_b = bh // H
-        off_h = bh % H
-        seed = tl.load(SEED) if HAS_DROPOUT else 0  # read from memory: the same launch serves every step
+        pid_m, bh, off_b, off_h, seed = _program(H, SEED, HAS_DROPOUT)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < HEAD_DIM
@@ -96,28 +159,15 @@ if triton is not None:  # where Triton cannot be installed, the PyTorch twin run
                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_D)
         k_base = K + off_b.to(tl.int64) * stride_kb + off_h.to(tl.int64) * stride_kh
         v_base = V + off_b.to(tl.int64) * stride_vb + off_h.to(tl.int64) * stride_vh
-
-        if HAS_MASK:
-            kv_len = tl.load(KV_LEN + off_b)  # last real token + 1; 0 for an all-padding sequence
-        else:
-            kv_len = L
+        kv_len = _key_length(KV_LEN, off_b, L, HAS_MASK)
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max (base 2)
         l_i = tl.zeros([BLOCK_M], tl.float32)  # running row sum of exp2(s - m_i), before dropout
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for start_n in range(0, kv_len, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            in_range = offs_n < kv_len
-            k = tl.load(k_base + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd,
-                        mask=in_range[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-            v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd,
-                        mask=in_range[:, None] & d_ok[None, :], other=0.0)
-            if HAS_MASK:
-                valid = tl.load(MASK + off_b * L + offs_n, mask=in_range, other=0) != 0
-            else:
-                valid = in_range
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-            s = tl.where(valid[None, :], s, float("-inf"))
+            offs_n, k, v, s = _key_block(q, k_base, v_base, MASK, off_b, start_n, kv_len, L, offs_d, d_ok,
+                                         stride_kl, stride_kd, stride_vl, stride_vd, qk_scale,
+                                         HAS_MASK, DOT_PRECISION, BLOCK_N)  # s: (BLOCK_M, BLOCK_N)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no real key yet
             p = tl.math.exp2(s - m_safe[:, None])
@@ -167,35 +217,24 @@ if triton is not None:  # where Triton cannot be installed, the PyTorch twin run
     @triton.jit
     def _attn_bwd_dkdv_kernel(
         Q, K, V, DO, DK, DV, LSE, DELTA, MASK, KV_LEN, SEED,
-        stride_qb, stride_qh, stride_ql, stride_qd,
-        stride_kb, stride_kh, stride_kl, stride_kd,
-        stride_vb, stride_vh, stride_vl, stride_vd,
-        stride_dob, stride_doh, stride_dol, stride_dod,
-        stride_dkb, stride_dkh, stride_dkl, stride_dkd,
-        stride_dvb, stride_dvh, stride_dvl, stride_dvd,
+        stride_qb, stride_qh, stride_ql, stride_qd, stride_kb, stride_kh, stride_kl, stride_kd,
+        stride_vb, stride_vh, stride_vl, stride_vd, stride_dob, stride_doh, stride_dol, stride_dod,
+        stride_dkb, stride_dkh, stride_dkl, stride_dkd, stride_dvb, stride_dvh, stride_dvl, stride_dvd,
         H, L, qk_scale, sm_scale, dropout_p, drop_scale,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
         HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         """dK, dV for one key block, summed over every query block (padding queries included)."""
-        pid_n = tl.program_id(0)
-        bh = tl.program_id(1)
-        off_b = bh // H
-        off_h = bh % H
-        seed = tl.load(SEED) if HAS_DROPOUT else 0  # read from memory: the same launch serves every step
+        pid_n, bh, off_b, off_h, seed = _program(H, SEED, HAS_DROPOUT)
         start_n = pid_n * BLOCK_N
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < HEAD_DIM
         col_ok = offs_n < L
 
-        if HAS_MASK:
-            kv_len = tl.load(KV_LEN + off_b)
-            key_ok = tl.load(MASK + off_b * L + offs_n, mask=col_ok, other=0) != 0
-        else:
-            kv_len = L
-            key_ok = col_ok
+        kv_len = _key_length(KV_LEN, off_b, L, HAS_MASK)
+        key_ok = _real_keys(MASK, off_b, L, offs_n, col_ok, HAS_MASK)
         # A key block wholly past the last real token gets zero gradients without any work.
         m_end = tl.where(start_n < kv_len, L, 0)
 
@@ -211,14 +250,9 @@ if triton is not None:  # where Triton cannot be installed, the PyTorch twin run
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         for start_m in range(0, m_end, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < L
-            q_mask = row_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * stride_dol + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
-            lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
-            delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
-
+            offs_m, q, do, lse, delta = _query_block(q_base, do_base, LSE, DELTA, row_base, start_m, L,
+                                                     offs_d, d_ok, stride_ql, stride_qd, stride_dol, stride_dod,
+                                                     BLOCK_M)
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
             s_t = tl.where(key_ok[:, None], s_t, float("-inf"))
             p_t = tl.math.exp2(s_t - lse[None, :])  # 0 for masked keys and rows past L (lse = +inf)
@@ -243,10 +277,8 @@ if triton is not None:  # where Triton cannot be installed, the PyTorch twin run
     @triton.jit
     def _attn_bwd_dq_kernel(
         Q, K, V, DO, DQ, LSE, DELTA, MASK, KV_LEN, SEED,
-        stride_qb, stride_qh, stride_ql, stride_qd,
-        stride_kb, stride_kh, stride_kl, stride_kd,
-        stride_vb, stride_vh, stride_vl, stride_vd,
-        stride_dob, stride_doh, stride_dol, stride_dod,
+        stride_qb, stride_qh, stride_ql, stride_qd, stride_kb, stride_kh, stride_kl, stride_kd,
+        stride_vb, stride_vh, stride_vl, stride_vd, stride_dob, stride_doh, stride_dol, stride_dod,
         stride_dqb, stride_dqh, stride_dql, stride_dqd,
         H, L, qk_scale, sm_scale, dropout_p, drop_scale,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -254,45 +286,24 @@ if triton is not None:  # where Triton cannot be installed, the PyTorch twin run
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         """dQ for one query block, summed over the key blocks up to the last real token."""
-        pid_m = tl.program_id(0)
-        bh = tl.program_id(1)
-        off_b = bh // H
-        off_h = bh % H
-        seed = tl.load(SEED) if HAS_DROPOUT else 0  # read from memory: the same launch serves every step
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        pid_m, bh, off_b, off_h, seed = _program(H, SEED, HAS_DROPOUT)
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < HEAD_DIM
-        row_ok = offs_m < L
-        q_mask = row_ok[:, None] & d_ok[None, :]
-
-        q = tl.load(Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
-                    + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
-        do = tl.load(DO + off_b.to(tl.int64) * stride_dob + off_h.to(tl.int64) * stride_doh
-                     + offs_m[:, None] * stride_dol + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
-        row_base = bh.to(tl.int64) * L
-        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+        offs_m, q, do, lse, delta = _query_block(
+            Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh,
+            DO + off_b.to(tl.int64) * stride_dob + off_h.to(tl.int64) * stride_doh,
+            LSE, DELTA, bh.to(tl.int64) * L, pid_m * BLOCK_M, L, offs_d, d_ok,
+            stride_ql, stride_qd, stride_dol, stride_dod, BLOCK_M,
+        )
         k_base = K + off_b.to(tl.int64) * stride_kb + off_h.to(tl.int64) * stride_kh
         v_base = V + off_b.to(tl.int64) * stride_vb + off_h.to(tl.int64) * stride_vh
-
-        if HAS_MASK:
-            kv_len = tl.load(KV_LEN + off_b)
-        else:
-            kv_len = L
+        kv_len = _key_length(KV_LEN, off_b, L, HAS_MASK)
 
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for start_n in range(0, kv_len, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            in_range = offs_n < kv_len
-            kv_mask = in_range[:, None] & d_ok[None, :]
-            k = tl.load(k_base + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
-            if HAS_MASK:
-                valid = tl.load(MASK + off_b * L + offs_n, mask=in_range, other=0) != 0
-            else:
-                valid = in_range
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-            s = tl.where(valid[None, :], s, float("-inf"))
+            offs_n, k, v, s = _key_block(q, k_base, v_base, MASK, off_b, start_n, kv_len, L, offs_d, d_ok,
+                                         stride_kl, stride_kd, stride_vl, stride_vd, qk_scale,
+                                         HAS_MASK, DOT_PRECISION, BLOCK_N)  # s: (BLOCK_M, BLOCK_N)
             p = tl.math.exp2(s - lse[:, None])
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
             if HAS_DROPOUT:
@@ -302,6 +313,7 @@ if triton is not None:  # where Triton cannot be installed, the PyTorch twin run
             dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
 
         dq = dq * sm_scale
+        q_mask = (offs_m < L)[:, None] & d_ok[None, :]
         tl.store(DQ + off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh
                  + offs_m[:, None] * stride_dql + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=q_mask)
 
@@ -329,7 +341,7 @@ if triton is not None:  # where Triton cannot be installed, the PyTorch twin run
 
 def _launch(name: str, grid_rows: str, q: torch.Tensor, args: tuple, **constexprs) -> None:
     """Launch kernel `name` over (blocks of `grid_rows` along L, B * H) with the configuration
-    `launch_config` picks for q's device, dtype, head dim and length (see kernels/launch_config.py)."""
+    `attention_blocks.launch_config` picks for q's device, dtype, head dim and length (see kernels/attention_blocks.py)."""
     B, H, L, D = q.shape
     kernel = _KERNELS[name]
 

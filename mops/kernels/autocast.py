@@ -24,11 +24,16 @@ its twin's foreach ops have no autocast policy either.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import torch
 
 LOWER = "lower precision"
 FP32 = "fp32"
 NONE = "none"
+Result = TypeVar("Result")
 
 # op -> {device type: policy}; device types not listed use "cuda".
 POLICIES: dict[str, dict[str, str]] = {
@@ -62,3 +67,15 @@ def cast(dtype: torch.dtype | None, tensor: torch.Tensor | None) -> torch.Tensor
 def off(device_type: str) -> torch.autocast:
     """A context with autocast disabled on `device_type`: the kernels' launchers run in it."""
     return torch.autocast(device_type, enabled=False)
+
+
+def disabled(method: Callable[..., Result]) -> Callable[..., Result]:
+    """A Function's forward or backward, `method(ctx, tensor, ...)`, run with autocast off on the
+    device type of its first tensor argument (x in the forward, the output gradient in the backward)."""
+
+    @functools.wraps(method)
+    def run(ctx: Any, tensor: torch.Tensor, *args: Any) -> Result:
+        with off(tensor.device.type):
+            return method(ctx, tensor, *args)
+
+    return run

@@ -13,12 +13,9 @@ every run.
 
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
 
-from mops.kernels import autocast, reference
+from mops.kernels import autocast, reference, rowwise
 from mops.kernels.dispatch import resolve_backend
 from mops.kernels.launches import launch
 from mops.kernels.layer_norm import sum_partials  # the fixed-order column sum both backward passes end with
@@ -29,11 +26,8 @@ try:
 except ImportError:  # pragma: no cover - the torch path needs no Triton
     triton = None
 
-# Columns one program covers at most, and the elements it holds per tensor (ROWS * BLOCK_N).
-_MAX_BLOCK_N = 1024
-_TILE_ELEMENTS = 4096
-_BWD_PROGRAMS_PER_SM = 2
-_BWD_PROGRAMS_INTERPRETED = 4
+# Columns one program covers at most: a wider row takes several column blocks.
+MAX_BLOCK_N = 1024
 
 
 if triton is not None:
@@ -88,46 +82,17 @@ if triton is not None:
             tl.store(Partial + pid.to(tl.int64) * N + cols, acc, mask=col_ok)
 
 
-@functools.lru_cache(maxsize=None)
-def _launch_config(width: int) -> tuple[int, int, int]:
-    """(BLOCK_N, ROWS, num_warps): tiles of about _TILE_ELEMENTS elements, 16 a thread."""
-    block_n = min(_MAX_BLOCK_N, triton.next_power_of_2(width))
-    rows = max(1, _TILE_ELEMENTS // block_n)
-    num_warps = min(16, max(1, rows * block_n // 512))
-    return block_n, rows, num_warps
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def backward_programs(num_tiles: int, column_blocks: int, device: torch.device) -> tuple[int, int]:
-    """(G, tiles per program) along the rows of the backward grid (G x column_blocks programs)."""
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        target = max(1, _BWD_PROGRAMS_PER_SM * _sm_count(index) // column_blocks)
-    else:
-        target = _BWD_PROGRAMS_INTERPRETED
-    per_program = math.ceil(num_tiles / max(1, min(target, num_tiles)))
-    return math.ceil(num_tiles / per_program), per_program
-
-
 class _BiasGelu(torch.autograd.Function):
     @staticmethod
+    @autocast.disabled
     def forward(ctx, x, bias):
-        with autocast.off(x.device.type):
-            return _BiasGelu._forward(ctx, x, bias)
-
-    @staticmethod
-    def _forward(ctx, x, bias):
         width = x.shape[-1]
         x2 = x.reshape(-1, width).contiguous()  # (M, N)
         rows = x2.shape[0]
         bias_c = bias.contiguous()
         y = torch.empty((rows, width), dtype=torch.promote_types(x.dtype, bias.dtype), device=x.device)
         if y.numel() > 0:
-            block_n, tile_rows, num_warps = _launch_config(width)
+            block_n, tile_rows, num_warps = rowwise.row_tile(width, MAX_BLOCK_N)
             grid = (triton.cdiv(rows, tile_rows), triton.cdiv(width, block_n))
             launch(
                 "bias_gelu.fwd", _bias_gelu_fwd, grid,
@@ -139,12 +104,8 @@ class _BiasGelu(torch.autograd.Function):
         return y.view(x.shape)
 
     @staticmethod
+    @autocast.disabled
     def backward(ctx, dy):
-        with autocast.off(dy.device.type):
-            return _BiasGelu._backward(ctx, dy)
-
-    @staticmethod
-    def _backward(ctx, dy):
         x2, bias = ctx.saved_tensors
         rows, width = x2.shape
         need_dx, need_dbias = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -152,10 +113,10 @@ class _BiasGelu(torch.autograd.Function):
         dx = torch.empty((rows, width), dtype=ctx.x_dtype, device=x2.device) if need_dx else None
         dbias = None
         if x2.numel() > 0:
-            block_n, tile_rows, num_warps = _launch_config(width)
+            block_n, tile_rows, num_warps = rowwise.row_tile(width, MAX_BLOCK_N)
             column_blocks = triton.cdiv(width, block_n)
             num_tiles = triton.cdiv(rows, tile_rows)
-            programs, per_program = backward_programs(num_tiles, column_blocks, x2.device)
+            programs, per_program = rowwise.backward_grid(num_tiles, x2.device, column_blocks)
             partial = torch.empty((programs, width), dtype=torch.float32, device=x2.device) if need_dbias else dy2
             launch(
                 "bias_gelu.bwd", _bias_gelu_bwd, (programs, column_blocks),

@@ -21,12 +21,9 @@ against (B, L, N)): row r of the flattened input then reads residual row r % R.
 
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
 
-from mops.kernels import autocast, reference
+from mops.kernels import autocast, reference, rowwise
 from mops.kernels.dispatch import resolve_backend
 from mops.kernels.launches import launch
 
@@ -36,14 +33,10 @@ try:
 except ImportError:  # pragma: no cover - the torch path needs no Triton
     triton = None
 
-# Widest row the kernels accept. A row lives in registers: up to 8192 it fits (on sm_90, at
-# most a few spilled bytes); 16384 runs correctly but spills.
+# Widest row the kernels accept, and so their widest block: a row lives in one program's
+# registers. Up to 8192 it fits (on sm_90, at most a few spilled bytes); 16384 runs correctly
+# but spills.
 MAX_WIDTH = 16384
-# Target number of elements one program holds per tensor (ROWS * BLOCK_N).
-_TILE_ELEMENTS = 4096
-# Backward programs per streaming multiprocessor on a GPU, and in total under the interpreter.
-_BWD_PROGRAMS_PER_SM = 2
-_BWD_PROGRAMS_INTERPRETED = 4
 
 
 if triton is not None:
@@ -156,41 +149,6 @@ def sum_partials(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-@functools.lru_cache(maxsize=None)
-def _launch_config(width: int) -> tuple[int, int, int]:
-    """(BLOCK_N, ROWS, num_warps) for rows of `width` elements.
-
-    A program holds about _TILE_ELEMENTS elements of each tensor: 4 rows of 768 (padded to
-    1024), one row of 8192. With 16 elements a thread per tensor (two 16-byte loads in
-    bf16), num_warps grows with the tile: 8 warps for 4096 elements, 16 for 8192 or more.
-    """
-    block_n = triton.next_power_of_2(width)
-    rows = max(1, _TILE_ELEMENTS // block_n)
-    num_warps = min(16, max(1, rows * block_n // 512))
-    return block_n, rows, num_warps
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def backward_programs(num_tiles: int, device: torch.device) -> tuple[int, int]:
-    """(G, tiles per program) of the backward grid.
-
-    On a GPU, two programs per SM: at ~100 registers a thread and 8 warps, two fit on an SM
-    at once, so the grid runs as about one wave and each program streams a long run of rows.
-    G is fixed by the shape and the device, so a rerun sums the same rows in the same order.
-    """
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        target = _BWD_PROGRAMS_PER_SM * _sm_count(index)
-    else:
-        target = _BWD_PROGRAMS_INTERPRETED
-    per_program = math.ceil(num_tiles / max(1, min(target, num_tiles)))
-    return math.ceil(num_tiles / per_program), per_program
-
-
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None) -> None:
     if triton is None:
         raise RuntimeError("layer_norm: backend='triton' needs the `triton` package")
@@ -234,12 +192,8 @@ def _split_residual(x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tens
 
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
+    @autocast.disabled
     def forward(ctx, x, weight, bias, residual, eps, rows_broadcast, out_dtype):
-        with autocast.off(x.device.type):
-            return _LayerNorm._forward(ctx, x, weight, bias, residual, eps, rows_broadcast, out_dtype)
-
-    @staticmethod
-    def _forward(ctx, x, weight, bias, residual, eps, rows_broadcast, out_dtype):
         width = x.shape[-1]
         x2 = x.reshape(-1, width).contiguous()  # (M, N)
         rows = x2.shape[0]
@@ -253,7 +207,7 @@ class _LayerNorm(torch.autograd.Function):
         mean = torch.empty(rows, dtype=torch.float32, device=x.device)
         rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
         if rows > 0:
-            block_n, tile_rows, num_warps = _launch_config(width)
+            block_n, tile_rows, num_warps = rowwise.row_tile(width, MAX_WIDTH)
             grid = (triton.cdiv(rows, tile_rows),)
             launch(
                 "layer_norm.fwd", _layer_norm_fwd, grid,
@@ -271,23 +225,19 @@ class _LayerNorm(torch.autograd.Function):
         return y.view(x.shape)
 
     @staticmethod
+    @autocast.disabled
     def backward(ctx, dy):
-        with autocast.off(dy.device.type):
-            return _LayerNorm._backward(ctx, dy)
-
-    @staticmethod
-    def _backward(ctx, dy):
         x2, r2, weight, mean, rstd = ctx.saved_tensors
         rows, width = x2.shape
         need_dx = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]
         need_dwdb = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         dy2 = dy.reshape(rows, width).contiguous()
         dx = torch.empty((rows, width), dtype=dy2.dtype, device=dy2.device) if need_dx else None
-        block_n, tile_rows, num_warps = _launch_config(width)
+        block_n, tile_rows, num_warps = rowwise.row_tile(width, MAX_WIDTH)
         num_tiles = triton.cdiv(rows, tile_rows)
         dweight = dbias = None
         if rows > 0 and (need_dx or need_dwdb):
-            programs, per_program = backward_programs(num_tiles, x2.device)
+            programs, per_program = rowwise.backward_grid(num_tiles, x2.device)
             partial = torch.empty((2, programs, width), dtype=torch.float32, device=x2.device) if need_dwdb else mean
             launch(
                 "layer_norm.bwd", _layer_norm_bwd, (programs,),

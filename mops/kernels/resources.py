@@ -14,11 +14,12 @@ configuration the launchers can pick on one architecture:
 Configurations. The launchers say which arguments a kernel gets: each op runs once on small CPU
 tensors under the interpreter, inside `record_launches`, and each recorded specialization
 (pointer types, integer specializations, constexprs) becomes the one a GPU compiles by swapping
-in what a GPU launch chooses: for the attention kernels, every launch-table row `launch_config`
-can return on that architecture (each dtype, head-dim bucket and length bucket, with and
-without dropout, with a padding mask); for `sum_partials`, its GPU blocks. Layer norm, bias +
-GELU and AdamW choose their blocks from the width alone, so their recorded launches are the GPU
-ones; they run at BERT's widths and up to the launchers' limits.
+in what a GPU launch chooses: for the attention kernels, every block-table row
+`attention_blocks.launch_config` can return on that architecture (each dtype, head-dim bucket
+and length bucket, with and without dropout, with a padding mask); for `sum_partials`, its GPU
+blocks. Layer norm, bias + GELU (`rowwise.row_tile`) and AdamW choose their blocks from the
+width alone, so their recorded launches are the GPU ones; they run at BERT's widths and up to
+the launchers' limits.
 
 Registers and spills come from the ptxas log of Triton's own cubin stage (TRITON_DUMP_PTXAS_LOG):
 the ptxas binary and its flags differ between Triton versions and move the count (3.9 adds
@@ -55,10 +56,11 @@ from typing import Any
 import torch
 
 from mops.common.files import atomic_write_json
-from mops.kernels import launch_config as lc
+from mops.kernels import attention_blocks as lc
+from mops.kernels import rowwise
 from mops.kernels.adamw import adamw_step
 from mops.kernels.attention import _attention_dropout_mask, _attention_with_seed
-from mops.kernels.bias_gelu import bias_gelu
+from mops.kernels.bias_gelu import MAX_BLOCK_N, bias_gelu
 from mops.kernels.dispatch import interpreter_enabled
 from mops.kernels.launches import Specialization, record_launches
 from mops.kernels.layer_norm import MAX_WIDTH, layer_norm
@@ -226,13 +228,11 @@ def _attention(capability: tuple[int, int], dtypes: tuple[torch.dtype, ...]) -> 
 @functools.cache
 def _elementwise(precisions: tuple[tuple[str, torch.dtype, torch.dtype], ...]) -> tuple[Launch, ...]:
     """(launch, dtypes, width or variant) of layer norm, bias + GELU and AdamW on a GPU."""
-    from triton import next_power_of_2
-
     out = []
     for (label, act, param), width in itertools.product(precisions, sorted({*WIDTHS, MAX_WIDTH})):
         # Five row tiles of either op's largest: each backward program walks two or more (a run
         # of 1 would be compiled in as a constant).
-        rows = 5 * max(1, 4096 // min(1024, next_power_of_2(width)))
+        rows = 5 * max(rowwise.row_tile(width, block).rows for block in (MAX_WIDTH, MAX_BLOCK_N))
         x, residual = (torch.randn(rows, width, dtype=act, requires_grad=True) for _ in range(2))
         weight, bias = (torch.randn(width, dtype=param, requires_grad=True) for _ in range(2))
 

@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from mops.common.files import atomic_write_json
+from mops.common.machine import gpu_name
 from mops.kernels.dispatch import interpreter_enabled
 
 KERNELS = ("fwd", "dkdv", "dq")
@@ -81,14 +82,14 @@ def dtype_family(dtype: torch.dtype) -> str:
         return "half"
     if dtype == torch.float32:
         return "fp32"
-    raise ValueError(f"launch_config: no attention kernel for dtype {dtype}; use float16, bfloat16 or float32")
+    raise ValueError(f"attention_blocks: no attention kernel for dtype {dtype}; use float16, bfloat16 or float32")
 
 
 def head_dim_bucket(head_dim: int) -> int:
     for bucket in HEAD_DIM_BUCKETS:
         if head_dim <= bucket:
             return bucket
-    raise ValueError(f"launch_config: head dims up to {HEAD_DIM_BUCKETS[-1]} are supported, got {head_dim}")
+    raise ValueError(f"attention_blocks: head dims up to {HEAD_DIM_BUCKETS[-1]} are supported, got {head_dim}")
 
 
 def length_bucket(seq_len: int) -> str:
@@ -105,7 +106,7 @@ def arch(capability: tuple[int, int]) -> str:
 def config_key(kernel: str, dtype: torch.dtype, head_dim: int, seq_len: int) -> str:
     """The key a tuned choice is saved under (the cache file is per GPU): "fwd/half/d64/L<=512"."""
     if kernel not in KERNELS:
-        raise ValueError(f"launch_config: kernel must be one of {KERNELS}, got {kernel!r}")
+        raise ValueError(f"attention_blocks: kernel must be one of {KERNELS}, got {kernel!r}")
     return f"{kernel}/{dtype_family(dtype)}/d{head_dim_bucket(head_dim)}/{length_bucket(seq_len)}"
 
 
@@ -192,7 +193,7 @@ def launch_config(
                 ("*", family, d, _ANY)):
         if row in TABLE:
             return TABLE[row][kernel]
-    raise AssertionError(f"launch_config: the table has no '*' row for {family} d{d}")  # a test guards this
+    raise AssertionError(f"attention_blocks: the table has no '*' row for {family} d{d}")  # a test guards this
 
 
 def candidates(kernel: str, dtype: torch.dtype, head_dim: int) -> list[Config]:
@@ -279,7 +280,7 @@ def _benchmark(fn: Callable[[], None]) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _device_facts(index: int) -> tuple[tuple[int, int], str]:
-    return torch.cuda.get_device_capability(index), torch.cuda.get_device_name(index)
+    return torch.cuda.get_device_capability(index), gpu_name(index)
 
 
 _saved_by_path: dict[Path, dict[str, Config]] = {}
@@ -295,13 +296,13 @@ def config_for(
     if device.type != "cuda" or interpreter_enabled():
         return launch_config(kernel, None, dtype, head_dim, seq_len)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    capability, gpu_name = _device_facts(index)
-    path = cache_path(gpu_name)
+    capability, name = _device_facts(index)
+    path = cache_path(name)
     if path not in _saved_by_path:
         _saved_by_path[path] = load_saved(path)
     saved = _saved_by_path[path]
     key = config_key(kernel, dtype, head_dim, seq_len)
     if key not in saved and autotune_enabled():
         saved[key] = tune(run, candidates(kernel, dtype, head_dim), _benchmark)
-        save_choice(path, gpu_name, key, saved[key])
+        save_choice(path, name, key, saved[key])
     return launch_config(kernel, capability, dtype, head_dim, seq_len, saved)

@@ -1,4 +1,4 @@
-"""mops.kernels.launch_config: the attention kernels' block sizes come from a table, tuning is opt-in and saved.
+"""mops.kernels.attention_blocks: the attention kernels' block sizes come from a table, tuning is opt-in and saved.
 
 Everything here is pure Python: the GPU facts, the kernel launch and the timer are replaced by
 fakes, so the choice logic is checked on any machine.
@@ -12,8 +12,8 @@ import warnings
 import pytest
 import torch
 
-import mops.kernels.launch_config as lc
-from mops.kernels.launch_config import Config, config_key, launch_config
+import mops.kernels.attention_blocks as lc
+from mops.kernels.attention_blocks import Config, config_key, launch_config
 
 KNOWN = [(9, 0), (8, 0)]
 UNKNOWN = [(8, 6), (8, 9), (7, 5), (10, 0), (12, 0)]
