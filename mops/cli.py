@@ -44,10 +44,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(**config_settings(args))
     init_distributed_from_env(config.device)
     try:
-        record = Trainer(config, memory_sampler=MemorySampler).train(fresh=args.fresh)
+        trainer = Trainer(config, memory_sampler=MemorySampler)
+        record = trainer.train(fresh=args.fresh)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    if trainer.already_finished:
+        print(f"{config.out_dir} already holds this run, its budget spent: nothing trained, its record kept "
+              "(--fresh trains it again)")
     if record and config.progress and not dist.is_initialized():
         metrics = "  ".join(f"{k} {v:.3f}" for k, v in record["metrics"].items())
         print(f"dev: {metrics}")

@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,10 @@ from mops.multitask.training.export import ExportError, export_task
 from mops.multitask.training.run_files import (
     BEST_FILE,
     LAST_FILE,
+    LOCK_FILE,
     CheckpointRefused,
+    InUse,
+    exclusive,
     load_checkpoint,
     save_checkpoint,
 )
@@ -154,3 +160,52 @@ def test_no_module_loads_a_checkpoint_but_through_the_safe_loader():
             if "torch.load(" in line and "weights_only=True" not in line:
                 unsafe.append(f"{path.name}:{number}")
     assert unsafe == []
+
+
+# ---- one writer per folder ----------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from mops.multitask.training.run_files import exclusive
+with exclusive(Path(sys.argv[1]), "the folder", "wait"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def holding(lock: Path) -> subprocess.Popen:
+    """Another process that holds `lock` until it is killed."""
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_a_second_writer_is_refused_at_once_and_told_who_holds_the_folder(tmp_path):
+    folder = tmp_path / "run"
+    child = holding(folder / LOCK_FILE)
+    try:
+        with pytest.raises(InUse) as refused:
+            Trainer(TrainConfig(**TINY, steps=2, out_dir=str(folder))).train()
+        assert str(folder) in str(refused.value) and f"pid {child.pid}" in str(refused.value)
+        assert "another --out folder" in str(refused.value)
+        assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]  # nothing written
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    folder = tmp_path / "run"
+    child = holding(folder / LOCK_FILE)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    record = Trainer(TrainConfig(**TINY, steps=2, out_dir=str(folder))).train()
+    assert record["status"] == "ok"
+
+
+def test_the_lock_is_held_only_while_the_run_trains(tmp_path):
+    folder = tmp_path / "run"
+    Trainer(TrainConfig(**TINY, steps=2, out_dir=str(folder))).train()
+    with exclusive(folder / LOCK_FILE, str(folder), "wait"):  # free again once train() returned
+        pass

@@ -41,6 +41,7 @@ from mops.bench.sweep import (
 )
 from mops.cli import main as cli_main
 from mops.multitask.training.config import TrainConfig
+from mops.multitask.training.run_files import InUse, exclusive
 from mops.multitask.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -446,3 +447,27 @@ def test_runs_live_beside_their_results_file_by_default(tmp_path):
 def test_a_plan_string_where_a_list_belongs_is_refused():
     with pytest.raises(ValueError, match="plans must be a list"):
         SweepConfig(plans="FFSSII")
+
+
+# -- one writer, finished runs kept ------------------------------------------------------------
+
+
+def test_a_second_sweep_on_the_same_results_file_is_refused(tmp_path):
+    sweep = tiny_sweep(tmp_path, ["FS"])
+    results = Path(sweep.results)
+    with exclusive(results.with_name(results.name + ".lock"), str(results), "wait"):  # a sweep already at work
+        with pytest.raises(InUse, match="another --results file"):
+            run_sweep(sweep, progress=False)
+    assert not results.exists() and not (tmp_path / "runs").exists()  # nothing trained, nothing written
+
+
+def test_a_finished_run_whose_record_was_lost_is_recovered_not_measured_again(tmp_path):
+    """The sweep died after the run finished and before its line was appended: the rerun takes
+    the record the run folder kept, its memory measurement included."""
+    sweep = tiny_sweep(tmp_path, ["FS"])
+    results = run_sweep(sweep, progress=False)
+    (first,) = lines(results)
+    results.unlink()
+    (again,) = lines(run_sweep(sweep, progress=False))
+    assert again["memory"] == first["memory"] and again["timing"]["train_seconds"] == first["timing"]["train_seconds"]
+    assert again["curve"] == first["curve"] and again["resumed"] == first["resumed"]

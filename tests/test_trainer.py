@@ -13,6 +13,7 @@ import pytest
 import torch
 from embedded import requires_embedded_checkpoint
 
+from mops.cli import main
 from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.trainer import Trainer, TrainingError
 
@@ -236,3 +237,37 @@ def test_padding_to_a_multiple_of_16_changes_no_output_metric_or_update(tmp_path
 def test_the_cpu_pads_to_the_longest_row_by_default(tmp_path):
     trainer = Trainer(tiny(tmp_path))
     assert trainer.pad_multiple == 1 and trainer.data[0].collate.pad_multiple == 1
+
+
+def test_a_finished_run_is_not_measured_again_and_says_so(tmp_path):
+    """Running a finished run again trains nothing and keeps its record (its memory measurement
+    above all); --fresh trains it again."""
+    config = tiny(tmp_path)
+    first = Trainer(config).train()
+    kept = (tmp_path / "run" / "results.json").read_bytes()
+    again = Trainer(config)
+    assert again.train() == first and again.already_finished
+    assert (tmp_path / "run" / "results.json").read_bytes() == kept
+    fresh = Trainer(config)
+    assert not fresh.already_finished and fresh.train(fresh=True)["resumed"] is False
+    assert not fresh.already_finished
+
+
+def test_a_finished_run_without_its_results_gets_a_record_with_no_measurement(tmp_path):
+    config = tiny(tmp_path)
+    first = Trainer(config).train()
+    (tmp_path / "run" / "results.json").unlink()
+    rebuilt = Trainer(config).train()
+    assert rebuilt["memory"] is None  # nothing trained now: an idle process's memory is no measurement
+    assert rebuilt["metrics"] == first["metrics"] and rebuilt["timing"]["steps"] == first["timing"]["steps"]
+
+
+def test_the_command_line_says_a_finished_run_is_finished(tmp_path, capsys):
+    args = ["train", "--tasks", "sst", "--plan", "FS", "--checkpoint", "random", "--hidden-size", "32",
+            "--num-layers", "2", "--steps", "2", "--batch-size", "8", "--max-eval-examples", "8",
+            "--backend", "torch", "--out", str(tmp_path / "run")]
+    for _ in range(2):
+        with pytest.raises(SystemExit) as ended:
+            main(args)
+        assert ended.value.code == 0
+    assert "already holds this run, its budget spent: nothing trained" in capsys.readouterr().out

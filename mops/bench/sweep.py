@@ -29,6 +29,7 @@ from mops.common.machine import device_name
 from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import resolve_device
 from mops.multitask.training.record import failure_record
+from mops.multitask.training.run_files import exclusive
 
 # Training settings each run takes from the sweep's grid, and the place settings (see
 # TrainConfig's roles) the sweep sets for every run: its own folder, no progress bars.
@@ -179,7 +180,12 @@ def run_sweep(sweep: SweepConfig, shard: str | None = None, progress: bool = Tru
     """Run this shard's unfinished runs, appending one record per run; returns the results file."""
     index, count = parse_shard(shard)
     results = shard_results_path(sweep.results, (index, count))
-    runs = grid(sweep)[index::count]
+    with exclusive(results.with_name(results.name + ".lock"), str(results),
+                   "wait for that sweep to end, or give this one another --results file"):
+        return _run_shard(sweep, results, grid(sweep)[index::count], progress)
+
+
+def _run_shard(sweep: SweepConfig, results: Path, runs: list[TrainConfig], progress: bool) -> Path:
     done = completed_ids(results) if results.exists() else set()
     todo = [(config, config_id(config)) for config in runs]
     todo = [(config, rid) for config, rid in todo if rid not in done]

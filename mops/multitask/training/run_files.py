@@ -9,19 +9,62 @@ file's bytes) is refused the same way, each with a message that names it and say
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
+import socket
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks of this kind
+    fcntl = None
 
 import torch
 
 from mops.common.files import atomic_open
 
-RESULTS_FILE, LAST_FILE, BEST_FILE = "results.json", "last.pt", "best.pt"
+RESULTS_FILE, LAST_FILE, BEST_FILE, LOCK_FILE = "results.json", "last.pt", "best.pt", ".lock"
 
 
 class CheckpointRefused(RuntimeError):
     """A checkpoint that cannot be read safely: corrupt, or asking to run code."""
+
+
+class InUse(RuntimeError):
+    """Another process holds the lock of a run folder or a results file."""
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, what: str, remedy: str) -> Iterator[None]:
+    """Hold `lock` exclusively while the block runs, so one process at a time writes `what`.
+
+    An OS file lock (flock): the kernel releases it when the holder exits, however it exits, so a
+    `kill -9` never leaves a stale lock behind. A second process is refused at once, told who
+    holds it. Where the OS has no flock (Windows) nothing is locked.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                raise InUse(f"{what} is being written by another MOPS process ({holder}); {remedy}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays, empty of meaning until the next holder
+
+
+def hold_run_folder(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """One writer per run folder: checkpoints, results and the run's record come from one run."""
+    return exclusive(folder / LOCK_FILE, str(folder),
+                     "wait for that run to end, or train into another --out folder")
 
 
 def save_checkpoint(contents: dict, path: Path) -> None:

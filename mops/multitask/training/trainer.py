@@ -14,6 +14,7 @@ step compiles whole (`torch.compile(fullgraph=True)`) and replays as a CUDA grap
 from __future__ import annotations
 
 import contextlib
+import json
 import dataclasses
 import math
 import sys
@@ -36,7 +37,14 @@ from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import rank_and_world, training_device
 from mops.multitask.training.assembly import assemble
 from mops.multitask.training.record import SCHEMA
-from mops.multitask.training.run_files import BEST_FILE, LAST_FILE, RESULTS_FILE, load_checkpoint, save_checkpoint
+from mops.multitask.training.run_files import (
+    BEST_FILE,
+    LAST_FILE,
+    RESULTS_FILE,
+    hold_run_folder,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mops.multitask.training.graphs import CudaCapture, GraphedSteps, resolve_graphs
 from mops.multitask.training.ledger import StepLedger
 from mops.multitask.training.precision import resolve_precision
@@ -67,6 +75,7 @@ class Trainer:
         self.scaler = self.precision.grad_scaler()
         self.pad_multiple = config.pad_multiple or (16 if self.device.type == "cuda" else 1)
         self.out_dir = Path(config.out_dir)
+        self.already_finished = False  # set by train() for a run whose budget was spent before
 
         run = assemble(config)
         self.plan, self.head = run.plan, run.head
@@ -311,9 +320,36 @@ class Trainer:
         return seen
 
     def train(self, fresh: bool = False) -> dict:
-        """Run to the budget (resuming from `last.pt` unless `fresh`), return the run record."""
+        """Run to the budget (resuming from `last.pt` unless `fresh`), return the run record.
+
+        The run folder is this process's alone while it trains. A run whose budget is already spent
+        is not measured again: its record comes back as it was written (`already_finished` is set),
+        since a second measurement would be of a process that trained nothing."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        resumed = False if fresh else self._try_resume()
+        with hold_run_folder(self.out_dir) if self.rank == 0 else contextlib.nullcontext():
+            resumed = False if fresh else self._try_resume()
+            if resumed and not self._budget_left():
+                self.already_finished = True
+                return self._finished_record()
+            return self._train(resumed)
+
+    def _finished_record(self) -> dict:
+        """The record of the finished run in the folder: its results.json where that describes the
+        checkpoint's last step, else one rebuilt from the checkpoint with no memory measurement."""
+        path = self.out_dir / RESULTS_FILE
+        try:
+            kept = json.loads(path.read_text())
+        except (OSError, ValueError):
+            kept = None
+        if isinstance(kept, dict) and kept.get("status") == "ok" and \
+                (kept.get("timing") or {}).get("steps") == self.state["step"]:
+            return kept
+        record = self._record(None, resumed=True)  # nothing trained now: nothing to measure
+        if self.rank == 0:
+            atomic_write_json(path, record)
+        return record
+
+    def _train(self, resumed: bool) -> dict:
         sizes = [len(d.train) for d in self.data]
         sampler = self.memory_sampler(self.device) if self.memory_sampler else contextlib.nullcontext()
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc=f"train {self.plan}",
