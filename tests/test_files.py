@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mops.common.files import atomic_open, atomic_write, atomic_write_json
+from mops.common.files import atomic_open, atomic_write, atomic_write_json, remove_temporaries
 
 
 def test_text_bytes_and_json_land_whole_in_a_new_folder(tmp_path):
@@ -43,3 +43,12 @@ def test_only_whole_file_modes_are_accepted(tmp_path):
     with pytest.raises(ValueError, match="mode must be 'w' or 'wb', got 'a'"):
         with atomic_open(tmp_path / "x", "a"):
             pass
+
+
+def test_remove_temporaries_clears_only_what_atomic_writes_leave(tmp_path):
+    (tmp_path / ".results.json.x1.tmp").write_text("{")
+    (tmp_path / ".best.pt.y2.tmp").write_bytes(b"")
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "notes.tmp").write_text("mine")  # not a name atomic_open makes
+    assert [p.name for p in remove_temporaries(tmp_path)] == [".best.pt.y2.tmp", ".results.json.x1.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "results.json"]

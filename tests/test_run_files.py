@@ -209,3 +209,13 @@ def test_the_lock_is_held_only_while_the_run_trains(tmp_path):
     Trainer(TrainConfig(**TINY, steps=2, out_dir=str(folder))).train()
     with exclusive(folder / LOCK_FILE, str(folder), "wait"):  # free again once train() returned
         pass
+
+
+def test_what_a_killed_checkpoint_write_left_is_cleared_by_the_next_run(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    leftover = folder / ".last.pt.k1ll3d.tmp"  # the name atomic_open gives a write in progress
+    leftover.write_bytes(b"half a checkpoint")
+    Trainer(TrainConfig(**TINY, steps=2, out_dir=str(folder))).train()
+    assert not leftover.exists() and not list(folder.glob(".*.tmp"))
+    assert (folder / LAST_FILE).is_file()

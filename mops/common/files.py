@@ -2,8 +2,9 @@
 
 Every result, checkpoint, manifest, table and plot MOPS writes goes through `atomic_open`:
 the content goes to a temporary file in the same folder, which is renamed over the target
-only once it is complete. A failure (an exception, a kill before the rename) leaves the
-target as it was and no temporary file behind that a later run could mistake for output.
+only once it is complete. A failure (an exception) leaves the target as it was and no
+temporary file behind; a kill before the rename leaves one (`.NAME.*.tmp`), which
+`remove_temporaries` clears when the folder's next writer starts.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) ->
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete what killed `atomic_open` writes left in `folder` (call it holding the folder's
+    only writer's lock: a live write's temporary file looks the same). Returns what went."""
+    found = sorted(Path(folder).glob(".*.tmp"))
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def _umask() -> int:

@@ -10,6 +10,7 @@ file's bytes) is refused the same way, each with a message that names it and say
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import socket
@@ -24,8 +25,9 @@ except ImportError:  # Windows: no advisory locks of this kind
 
 import torch
 
-from mops.common.files import atomic_open
+from mops.common.files import atomic_open, remove_temporaries
 
+log = logging.getLogger(__name__)
 RESULTS_FILE, LAST_FILE, BEST_FILE, LOCK_FILE = "results.json", "last.pt", "best.pt", ".lock"
 
 
@@ -61,10 +63,14 @@ def exclusive(lock: Path, what: str, remedy: str) -> Iterator[None]:
         os.close(fd)  # releases the lock; the file stays, empty of meaning until the next holder
 
 
-def hold_run_folder(folder: Path) -> contextlib.AbstractContextManager[None]:
-    """One writer per run folder: checkpoints, results and the run's record come from one run."""
-    return exclusive(folder / LOCK_FILE, str(folder),
-                     "wait for that run to end, or train into another --out folder")
+@contextlib.contextmanager
+def hold_run_folder(folder: Path) -> Iterator[None]:
+    """One writer per run folder: checkpoints, results and the run's record come from one run.
+    Holding it, the writer first clears the temporary files a killed write left there."""
+    with exclusive(folder / LOCK_FILE, str(folder), "wait for that run to end, or train into another --out folder"):
+        for path in remove_temporaries(folder):
+            log.info("removed %s, left by a write that was killed", path)
+        yield
 
 
 def save_checkpoint(contents: dict, path: Path) -> None:
