@@ -20,7 +20,7 @@ import torch
 
 import mops.kernels.dispatch
 from mops.kernels import dispatch, reference
-from mops.kernels.attention import _attention_dropout_mask, _attention_with_seed, _draw_seed, attention
+from mops.kernels.attention import _draw_seed, attention, attention_dropout_mask, attention_with_seed
 
 attention_module = importlib.import_module("mops.kernels.attention")  # `mops.kernels.attention` names the function
 ON_GPU = torch.cuda.is_available()
@@ -244,7 +244,7 @@ def test_fully_masked_sequence_gives_zero_and_finite_gradients():
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout_keep_rate(p):
     B, H, L = 2, 3, 200
-    keep = _attention_dropout_mask(1234, B, H, L, p, DEVICE)
+    keep = attention_dropout_mask(1234, B, H, L, p, DEVICE)
     assert keep.shape == (B, H, L, L) and keep.dtype == torch.bool
     n = keep.numel()
     rate = keep.float().mean().item()
@@ -256,8 +256,8 @@ def test_dropout_keep_rate(p):
         assert not torch.equal(flat[0], flat[i])
     assert not torch.equal(flat[0, 0], flat[0, 1])
     # the mask is a function of the seed
-    assert torch.equal(keep, _attention_dropout_mask(1234, B, H, L, p, DEVICE))
-    assert not torch.equal(keep, _attention_dropout_mask(1235, B, H, L, p, DEVICE))
+    assert torch.equal(keep, attention_dropout_mask(1234, B, H, L, p, DEVICE))
+    assert not torch.equal(keep, attention_dropout_mask(1235, B, H, L, p, DEVICE))
 
 
 @pytest.mark.parametrize(
@@ -272,15 +272,15 @@ def test_dropout_matches_twin_fed_the_same_mask(B, H, L, D, kind, p, layout):
     mask = make_mask(kind, B, L, gen)
     do = torch.randn(B, H, L, D, generator=gen).to(DEVICE)
     seed = 987654
-    keep = _attention_dropout_mask(seed, B, H, L, p, DEVICE)
+    keep = attention_dropout_mask(seed, B, H, L, p, DEVICE)
     scale = 1.0 / math.sqrt(D)
 
-    got = run(lambda q, k, v: _attention_with_seed(q, k, v, mask, None, p, seed), q, k, v, do)
+    got = run(lambda q, k, v: attention_with_seed(q, k, v, mask, None, p, seed), q, k, v, do)
     twin = run(lambda q, k, v: reference.attention(q, k, v, mask, dropout_p=p, dropout_mask=keep), q, k, v, do)
     ref = run(lambda q, k, v: math_attention(q, k, v, mask, scale, keep, p), q, k, v, do.double())
     check_against_reference(got, twin, ref, F32)
     # and the mask really matters: another seed gives other values
-    other = _attention_with_seed(q, k, v, mask, None, p, seed + 1)
+    other = attention_with_seed(q, k, v, mask, None, p, seed + 1)
     assert max_err(other, got[0]) > 1e-3
 
 
@@ -307,7 +307,7 @@ def test_dropout_seed_comes_from_torch_generator():
     assert seed.device.type == DEVICE and seed.dtype == torch.int64 and seed.shape == (1,)
     torch.manual_seed(3)
     out = attention(q, k, v, mask, dropout_p=p, backend="triton")
-    assert torch.equal(out, _attention_with_seed(q, k, v, mask, None, p, seed))
+    assert torch.equal(out, attention_with_seed(q, k, v, mask, None, p, seed))
 
 
 def _recorded_launches(monkeypatch) -> list[tuple]:
@@ -353,7 +353,7 @@ def test_dropout_seed_lives_on_the_device_and_each_backward_regenerates_its_forw
         position = {"attention.fwd": 7, "attention.dkdv": 10, "attention.dq": 9}  # SEED among the arguments
         seeds = [args[position[name]] for name, _, args, _ in launches if name in position]
         assert len({seed.data_ptr() for seed in seeds}) == 1  # the backward reads the forward's seed tensor
-        keep = _attention_dropout_mask(seeds[0], B, H, L, p, DEVICE)
+        keep = attention_dropout_mask(seeds[0], B, H, L, p, DEVICE)
         twin = run(lambda q, k, v, keep=keep: reference.attention(q, k, v, mask, dropout_p=p, dropout_mask=keep),
                    q, k, v, do)
         ref = run(lambda q, k, v, keep=keep: math_attention(q, k, v, mask, 1.0 / math.sqrt(D), keep, p),
@@ -363,8 +363,8 @@ def test_dropout_seed_lives_on_the_device_and_each_backward_regenerates_its_forw
 
 def test_an_int_seed_and_its_tensor_give_one_mask():
     B, H, L, p = 1, 2, 50, 0.4
-    as_int = _attention_dropout_mask(77, B, H, L, p, DEVICE)
-    as_tensor = _attention_dropout_mask(torch.tensor([77], device=DEVICE), B, H, L, p, DEVICE)
+    as_int = attention_dropout_mask(77, B, H, L, p, DEVICE)
+    as_tensor = attention_dropout_mask(torch.tensor([77], device=DEVICE), B, H, L, p, DEVICE)
     assert torch.equal(as_int, as_tensor) and not as_int.all()
 
 
@@ -372,7 +372,7 @@ def test_a_bad_seed_tensor_is_refused():
     q = torch.randn(1, 2, 8, 16, device=DEVICE)
     for bad in (torch.tensor([1.0], device=DEVICE), torch.tensor([1, 2], device=DEVICE)):
         with pytest.raises(ValueError, match="seed tensor must be one int64"):
-            _attention_with_seed(q, q, q, None, None, 0.1, bad)
+            attention_with_seed(q, q, q, None, None, 0.1, bad)
 
 
 # ----------------------------------------------------------------------------- dispatch and errors
@@ -445,10 +445,10 @@ def test_gpu_dropout_matches_twin_fed_the_same_mask(dtype):
     mask = make_mask("lengths", B, L, gen, "cuda")
     do = torch.randn(B, H, L, D, generator=gen).to(device="cuda", dtype=dtype)
     seed = 4242
-    keep = _attention_dropout_mask(seed, B, H, L, p, "cuda")
+    keep = attention_dropout_mask(seed, B, H, L, p, "cuda")
     rate = keep.float().mean().item()
     assert abs(rate - (1 - p)) < 4 * math.sqrt(p * (1 - p) / keep.numel())
-    got = run(lambda q, k, v: _attention_with_seed(q, k, v, mask, None, p, seed), q, k, v, do)
+    got = run(lambda q, k, v: attention_with_seed(q, k, v, mask, None, p, seed), q, k, v, do)
     # the yardstick: the same math with every matmul in the input dtype (the twin's plain-math
     # path computes in float32, which would measure rounding of the output only)
     twin = run(lambda q, k, v: math_attention(q, k, v, mask, 1.0 / math.sqrt(D), keep, p, dtype), q, k, v, do)

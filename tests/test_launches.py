@@ -7,12 +7,14 @@ compile them (the interpreter compiles nothing, but the launches and their argum
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
 import mops.kernels.dispatch
 from mops import kernels
-from mops.kernels.attention import _attention_with_seed
+from mops.kernels.attention import attention_dropout_mask, attention_with_seed
 from mops.kernels.launches import Specialization, argument_signature, record_launches
 
 CUDA = torch.cuda.is_available()
@@ -21,6 +23,9 @@ if not CUDA and not mops.kernels.dispatch.interpreter_enabled():
     pytest.skip("no GPU and TRITON_INTERPRET is not set: the Triton kernels cannot run", allow_module_level=True)
 
 ATTENTION_KERNELS = {"attention.fwd", "attention.delta", "attention.dkdv", "attention.dq"}
+# The modules whose launchers call `launch` (`mops.kernels.attention` etc. name the functions).
+KERNEL_MODULES = [importlib.import_module(f"mops.kernels.{name}")
+                  for name in ("attention", "layer_norm", "bias_gelu", "adamw")]
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -130,24 +135,53 @@ def test_dropout_seed_is_not_specialized():
     q = torch.randn(1, 2, 32, 32, generator=g).to(DEVICE)
     with record_launches() as log:
         for seed in (1, 16, 17):
-            _attention_with_seed(q, q, q, None, None, 0.1, seed)
+            attention_with_seed(q, q, q, None, None, 0.1, seed)
     assert len(log.launches) == 3 and len(log.distinct()) == 1
 
 
-def test_every_launcher_reports():
+def _rowwise_and_adamw_steps():
+    """Layer norm and bias + GELU, forward and backward, and one AdamW step: every launcher but attention's."""
     x, w, b = torch.randn(6, 384, device=DEVICE), torch.ones(384, device=DEVICE), torch.zeros(384, device=DEVICE)
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    mops.kernels.layer_norm(*leaves, 1e-5, backend="triton").sum().backward()
+    mops.kernels.bias_gelu(leaves[0], leaves[2], backend="triton").sum().backward()
+    kernels.adamw_step([w.clone()], [x[0].clone()], [torch.zeros(384, device=DEVICE)],
+                       [torch.zeros(384, device=DEVICE)], step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6,
+                       weight_decay=0.0, correct_bias=True, backend="triton")
+
+
+def test_every_launcher_reports():
     with record_launches() as log:
-        mops.kernels.layer_norm(*leaves, 1e-5, backend="triton").sum().backward()
-        mops.kernels.bias_gelu(leaves[0], leaves[2], backend="triton").sum().backward()
-        kernels.adamw_step([w.clone()], [x[0].clone()], [torch.zeros(384, device=DEVICE)],
-                           [torch.zeros(384, device=DEVICE)], step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6,
-                           weight_decay=0.0, correct_bias=True, backend="triton")
+        _rowwise_and_adamw_steps()
     assert set(log.by_kernel()) == {"layer_norm.fwd", "layer_norm.bwd", "sum_partials", "bias_gelu.fwd",
                                     "bias_gelu.bwd", "adamw.step"}
     spec = log.by_kernel()["layer_norm.fwd"].pop()
     assert isinstance(spec, Specialization)
     assert {"HAS_RES", "ROWS", "BLOCK_N", "num_warps"} <= set(dict(spec.constants))
+
+
+def _noting(module, launched: dict):
+    """`module.launch`, noting in `launched` the module and kernel of each launch name."""
+    real = module.launch
+
+    def noted(name, kernel, grid, *args, **kwargs):
+        launched[name] = (module, kernel)
+        return real(name, kernel, grid, *args, **kwargs)
+
+    return noted
+
+
+def test_each_launch_runs_the_kernel_its_module_lists_under_its_name(monkeypatch):
+    """LAUNCHED_KERNELS, from which mops.kernels.resources compiles each recorded launch, names every
+    launch of the ops and the kernel that launch runs."""
+    launched = {}
+    for module in KERNEL_MODULES:
+        monkeypatch.setattr(module, "launch", _noting(module, launched))
+    _attention_step(32, mask=True)
+    attention_dropout_mask(5, 1, 2, 20, 0.1, DEVICE)
+    _rowwise_and_adamw_steps()
+    listed = {name: (module, kernel) for module in KERNEL_MODULES for name, kernel in module.LAUNCHED_KERNELS.items()}
+    assert launched == listed
 
 
 def test_recorders_nest_and_nothing_is_kept_outside():

@@ -115,6 +115,11 @@ if triton is not None:
             tl.store(v_ptr + offs, v.to(V_LIKE.dtype.element_ty), mask=mask)
             tl.store(p_ptr + offs, p.to(P_LIKE.dtype.element_ty), mask=mask)
 
+    # Launch name (as `launches.launch` records it) -> its kernel: what mops.kernels.resources compiles.
+    LAUNCHED_KERNELS = {"adamw.step": _adamw_kernel}
+else:
+    LAUNCHED_KERNELS = {}
+
 
 # Least recently used first. Block tables depend on the sizes alone and last the whole run;
 # address tables change whenever a gradient is reallocated (zero_grad(set_to_none=True) frees

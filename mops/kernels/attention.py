@@ -24,11 +24,12 @@ on q's device, drawn there by torch's generator of that device (so `torch.manual
 runs reproducible) and read by the kernels from memory: no launch argument changes from call to
 call, and a CUDA graph that replays the call draws a new seed each replay (the generator's
 offset advances on every replay). The backward reads the same seed tensor and regenerates the
-forward's mask exactly. `_attention_dropout_mask` materialises the same mask for tests.
+forward's mask exactly. `attention_dropout_mask` materialises the same mask for tests.
 
 Launches. Block sizes come from `attention_blocks` (a per-architecture table; tuning is an opt-in
 whose choices are saved), and every launch goes through `launches.launch`, so tests can count the
-compiled variants.
+compiled variants. `LAUNCHED_KERNELS` maps each launch name to its kernel, for whatever compiles
+the launches offline (`mops.kernels.resources`).
 
 Cost. Padding query rows are computed like real ones (the twin defines their values), so a
 sequence costs L x (its key length) score entries rather than L x L, in forward and backward.
@@ -336,18 +337,27 @@ if triton is not None:  # where Triton cannot be installed, the PyTorch twin run
     # ----------------------------------------------------------------------------- block configurations
 
     _DELTA_BLOCK_M = 64
-    _KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}
+    # Launch name (as `launches.launch` records it) -> its kernel: what mops.kernels.resources compiles.
+    LAUNCHED_KERNELS = {
+        "attention.fwd": _attn_fwd_kernel,
+        "attention.delta": _attn_bwd_delta_kernel,
+        "attention.dkdv": _attn_bwd_dkdv_kernel,
+        "attention.dq": _attn_bwd_dq_kernel,
+        "attention.dropout_mask": _dropout_mask_kernel,
+    }
+else:
+    LAUNCHED_KERNELS = {}
 
 
 def _launch(name: str, grid_rows: str, q: torch.Tensor, args: tuple, **constexprs) -> None:
     """Launch kernel `name` over (blocks of `grid_rows` along L, B * H) with the configuration
     `attention_blocks.launch_config` picks for q's device, dtype, head dim and length (see kernels/attention_blocks.py)."""
     B, H, L, D = q.shape
-    kernel = _KERNELS[name]
+    launch_name = f"attention.{name}"
 
     def run(config: Config) -> None:
         grid = (triton.cdiv(L, getattr(config, grid_rows)), B * H)
-        launch(f"attention.{name}", kernel, grid, *args, **constexprs, **config.meta())
+        launch(launch_name, LAUNCHED_KERNELS[launch_name], grid, *args, **constexprs, **config.meta())
 
     run(config_for(name, q.device, q.dtype, D, L, run))
 
@@ -496,7 +506,7 @@ def _seed_tensor(seed: int | torch.Tensor, device: torch.device) -> torch.Tensor
     return seed.reshape(1)
 
 
-def _attention_with_seed(
+def attention_with_seed(
     q: torch.Tensor,  # (B, H, L, D)
     k: torch.Tensor,
     v: torch.Tensor,
@@ -505,7 +515,8 @@ def _attention_with_seed(
     dropout_p: float,
     seed: int | torch.Tensor,  # an int, or (1,) int64 on q's device
 ) -> torch.Tensor:  # (B, H, L, D)
-    """The Triton path with an explicit dropout seed (tests pair it with `_attention_dropout_mask`).
+    """The Triton path with an explicit dropout seed, so a run's dropout mask can be named: the one
+    `attention_dropout_mask` gives for the same seed (tests compare against it).
 
     Under autocast, q, k and v are cast as autocast casts them for the twin's SDPA (see
     kernels/autocast.py); their gradients come back in their own dtypes.
@@ -519,8 +530,9 @@ def _attention_with_seed(
     return _FlashAttention.apply(q, k, v, mask, kv_len, scale, float(dropout_p), seed)
 
 
-def _attention_dropout_mask(seed: int | torch.Tensor, B: int, H: int, L: int, p: float, device) -> torch.Tensor:
-    """The (B, H, L, L) bool keep-mask the kernels use for `seed` and rate `p` (for tests)."""
+def attention_dropout_mask(seed: int | torch.Tensor, B: int, H: int, L: int, p: float, device) -> torch.Tensor:
+    """The (B, H, L, L) bool keep-mask the kernels use for `seed` and rate `p`: the kernels never
+    store it, so this is how tests see which probabilities `attention_with_seed` dropped."""
     out = torch.empty((B, H, L, L), dtype=torch.int8, device=device)
     block = 64
     launch(
@@ -547,4 +559,4 @@ def attention(
     if resolve_backend(backend, q, op="attention") == "torch":
         return reference.attention(q, k, v, attention_mask, sm_scale, dropout_p)
     seed = _draw_seed(q.device) if dropout_p > 0.0 else None
-    return _attention_with_seed(q, k, v, attention_mask, sm_scale, dropout_p, seed)
+    return attention_with_seed(q, k, v, attention_mask, sm_scale, dropout_p, seed)

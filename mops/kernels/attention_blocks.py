@@ -188,11 +188,19 @@ def launch_config(
         return INTERPRETER[kernel]
     if saved and key in saved:
         return saved[key]
+    return TABLE[table_row(capability, dtype, head_dim, seq_len)][kernel]
+
+
+def table_row(capability: tuple[int, int], dtype: torch.dtype, head_dim: int,
+              seq_len: int) -> tuple[str, str, int, str]:
+    """The TABLE key `launch_config` reads on a GPU of `capability` when no tuning choice is saved:
+    the architecture's row for this length bucket, else its any-length row, else the same two
+    rows of the "*" architecture. Named so that a report can say which row a launch used."""
     family, d, lb = dtype_family(dtype), head_dim_bucket(head_dim), length_bucket(seq_len)
     for row in ((arch(capability), family, d, lb), (arch(capability), family, d, _ANY), ("*", family, d, lb),
                 ("*", family, d, _ANY)):
         if row in TABLE:
-            return TABLE[row][kernel]
+            return row
     raise AssertionError(f"attention_blocks: the table has no '*' row for {family} d{d}")  # a test guards this
 
 

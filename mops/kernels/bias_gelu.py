@@ -81,6 +81,11 @@ if triton is not None:
         if NEED_DBIAS:
             tl.store(Partial + pid.to(tl.int64) * N + cols, acc, mask=col_ok)
 
+    # Launch name (as `launches.launch` records it) -> its kernel: what mops.kernels.resources compiles.
+    LAUNCHED_KERNELS = {"bias_gelu.fwd": _bias_gelu_fwd, "bias_gelu.bwd": _bias_gelu_bwd}
+else:
+    LAUNCHED_KERNELS = {}
+
 
 class _BiasGelu(torch.autograd.Function):
     @staticmethod

@@ -37,6 +37,8 @@ except ImportError:  # pragma: no cover - the torch path needs no Triton
 # registers. Up to 8192 it fits (on sm_90, at most a few spilled bytes); 16384 runs correctly
 # but spills.
 MAX_WIDTH = 16384
+# The blocks `sum_partials` launches with on a GPU (see its docstring for why).
+SUM_PARTIALS_GPU_BLOCKS = {"BLOCK_G": 256, "BLOCK_C": 16}
 
 
 if triton is not None:
@@ -128,6 +130,12 @@ if triton is not None:
             acc += tl.load(base + gs.to(tl.int64)[:, None] * N + cols[None, :], mask=mask, other=0.0)
         tl.store(Out + k * N + cols, tl.sum(acc, axis=0).to(Out.dtype.element_ty), mask=col_ok)
 
+    # Launch name (as `launches.launch` records it) -> its kernel: what mops.kernels.resources compiles.
+    LAUNCHED_KERNELS = {"layer_norm.fwd": _layer_norm_fwd, "layer_norm.bwd": _layer_norm_bwd,
+                        "sum_partials": _sum_partials}
+else:
+    LAUNCHED_KERNELS = {}
+
 
 def sum_partials(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(K, G, N) fp32 partial sums -> (K, N) totals in `dtype`, the same bits on every run.
@@ -139,12 +147,13 @@ def sum_partials(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     slabs, programs, width = partial.shape
     out = torch.empty((slabs, width), dtype=dtype, device=partial.device)
     if partial.is_cuda:
-        block_c, block_g = 16, 256
+        blocks = SUM_PARTIALS_GPU_BLOCKS
     else:
-        block_c, block_g = min(1024, triton.next_power_of_2(width)), triton.next_power_of_2(min(programs, 64))
+        blocks = {"BLOCK_G": triton.next_power_of_2(min(programs, 64)),
+                  "BLOCK_C": min(1024, triton.next_power_of_2(width))}
     launch(
-        "sum_partials", _sum_partials, (triton.cdiv(width, block_c), slabs),
-        partial, out, programs, width, BLOCK_G=block_g, BLOCK_C=block_c, num_warps=4,
+        "sum_partials", _sum_partials, (triton.cdiv(width, blocks["BLOCK_C"]), slabs),
+        partial, out, programs, width, **blocks, num_warps=4,
     )
     return out
 

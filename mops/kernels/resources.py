@@ -19,7 +19,8 @@ in what a GPU launch chooses: for the attention kernels, every block-table row
 and length bucket, with and without dropout, with a padding mask); for `sum_partials`, its GPU
 blocks. Layer norm, bias + GELU (`rowwise.row_tile`) and AdamW choose their blocks from the
 width alone, so their recorded launches are the GPU ones; they run at BERT's widths and up to
-the launchers' limits.
+the launchers' limits. Each launch is compiled from the kernel its module lists under the
+launch's name in LAUNCHED_KERNELS.
 
 Registers and spills come from the ptxas log of Triton's own cubin stage (TRITON_DUMP_PTXAS_LOG):
 the ptxas binary and its flags differ between Triton versions and move the count (3.9 adds
@@ -38,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib
 import io
 import itertools
 import json
@@ -58,31 +58,23 @@ import torch
 from mops.common.files import atomic_write_json
 from mops.kernels import attention_blocks as lc
 from mops.kernels import rowwise
+from mops.kernels.adamw import LAUNCHED_KERNELS as ADAMW_KERNELS
 from mops.kernels.adamw import adamw_step
-from mops.kernels.attention import _attention_dropout_mask, _attention_with_seed
+from mops.kernels.attention import LAUNCHED_KERNELS as ATTENTION_KERNELS
+from mops.kernels.attention import attention_dropout_mask, attention_with_seed
+from mops.kernels.bias_gelu import LAUNCHED_KERNELS as BIAS_GELU_KERNELS
 from mops.kernels.bias_gelu import MAX_BLOCK_N, bias_gelu
 from mops.kernels.dispatch import interpreter_enabled
 from mops.kernels.launches import Specialization, record_launches
-from mops.kernels.layer_norm import MAX_WIDTH, layer_norm
+from mops.kernels.layer_norm import LAUNCHED_KERNELS as LAYER_NORM_KERNELS
+from mops.kernels.layer_norm import MAX_WIDTH, SUM_PARTIALS_GPU_BLOCKS, layer_norm
 
 MAX_REGISTERS = 255  # per thread; ptxas spills what does not fit
 # Shared memory one block may use (the opt-in maximum Triton checks at launch), per architecture.
 SHARED_PER_BLOCK = {"9.0": 227 * 1024, "8.0": 163 * 1024, "8.6": 99 * 1024, "8.9": 99 * 1024}
 
-# Launch name (what `record_launches` reports) -> (module, kernel function).
-KERNELS = {
-    "attention.fwd": ("mops.kernels.attention", "_attn_fwd_kernel"),
-    "attention.delta": ("mops.kernels.attention", "_attn_bwd_delta_kernel"),
-    "attention.dkdv": ("mops.kernels.attention", "_attn_bwd_dkdv_kernel"),
-    "attention.dq": ("mops.kernels.attention", "_attn_bwd_dq_kernel"),
-    "attention.dropout_mask": ("mops.kernels.attention", "_dropout_mask_kernel"),
-    "layer_norm.fwd": ("mops.kernels.layer_norm", "_layer_norm_fwd"),
-    "layer_norm.bwd": ("mops.kernels.layer_norm", "_layer_norm_bwd"),
-    "sum_partials": ("mops.kernels.layer_norm", "_sum_partials"),
-    "bias_gelu.fwd": ("mops.kernels.bias_gelu", "_bias_gelu_fwd"),
-    "bias_gelu.bwd": ("mops.kernels.bias_gelu", "_bias_gelu_bwd"),
-    "adamw.step": ("mops.kernels.adamw", "_adamw_kernel"),
-}
+# Launch name (what `record_launches` reports) -> the jit kernel it runs.
+KERNELS = {**ATTENTION_KERNELS, **LAYER_NORM_KERNELS, **BIAS_GELU_KERNELS, **ADAMW_KERNELS}
 # Hidden and feed-forward widths from BERT-tiny to BERT-large (the layer-norm limit is added below).
 WIDTHS = (128, 384, 768, 1024, 1536, 3072, 4096, 8192)
 # (label, activation dtype, parameter dtype): one precision each, and autocast's bf16 activations
@@ -98,7 +90,6 @@ ATTENTION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # elementwise kernels choose theirs from the width alone.
 ONE_DTYPE = ((torch.float16, torch.float32), PRECISIONS[:1])
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8"}
-_SUM_PARTIALS_GPU = {"BLOCK_G": 256, "BLOCK_C": 16}  # what layer_norm.sum_partials picks for CUDA tensors
 _ROOT = Path(__file__).resolve().parents[2]  # where the child processes run `python -m mops.kernels.resources`
 
 Launch = tuple[Specialization, str, str]  # (a GPU launch, its dtypes in words, what uses it)
@@ -183,13 +174,10 @@ def _with(spec: Specialization, **constants: Any) -> Specialization:
     return Specialization(spec.kernel, tuple(sorted({**dict(spec.constants), **constants}.items())), spec.signature)
 
 
-def _table_row(capability: tuple[int, int], family: str, d: int, length: str) -> str:
-    """The TABLE row `launch_config` reads for this key, as "9.0/half/d64/L<=128"."""
-    arch = lc.arch(capability)
-    for row in ((arch, family, d, length), (arch, family, d, "*"), ("*", family, d, length), ("*", family, d, "*")):
-        if row in lc.TABLE:
-            return f"{row[0]}/{row[1]}/d{row[2]}/{row[3]}"
-    raise KeyError(f"no launch-table row for {arch} {family} d{d} {length}")
+def _table_row(capability: tuple[int, int], dtype: torch.dtype, d: int, length: int) -> str:
+    """The TABLE row `launch_config` reads for this launch, as "9.0/half/d64/L<=128"."""
+    arch, family, head_dim, lengths = lc.table_row(capability, dtype, d, length)
+    return f"{arch}/{family}/d{head_dim}/{lengths}"
 
 
 @functools.cache
@@ -202,9 +190,9 @@ def _attention_launches(dtypes: tuple[torch.dtype, ...]) -> tuple[tuple[Speciali
         q, k, v = (torch.randn(1, 2, 20, d, dtype=dtype, requires_grad=True) for _ in range(3))
         mask = torch.ones(1, 20, dtype=torch.int64)
         mask[0, 15:] = 0
-        launched = _recorded(_attention_with_seed, q, k, v, mask, None, dropout, seed=5, backward=True)
+        launched = _recorded(attention_with_seed, q, k, v, mask, None, dropout, seed=5, backward=True)
         out += [(spec, dtype, d) for spec in launched]
-    mask_launches = _recorded(_attention_dropout_mask, 5, 1, 2, 20, 0.1, "cpu")
+    mask_launches = _recorded(attention_dropout_mask, 5, 1, 2, 20, 0.1, "cpu")
     return tuple(out + [(spec, torch.int8, 0) for spec in mask_launches])
 
 
@@ -220,7 +208,7 @@ def _attention(capability: tuple[int, int], dtypes: tuple[torch.dtype, ...]) -> 
             continue
         for length in lengths:
             config = lc.launch_config(name, capability, dtype, d, length)
-            row = _table_row(capability, lc.dtype_family(dtype), d, lc.length_bucket(length))
+            row = _table_row(capability, dtype, d, length)
             out.append((_with(spec, **config.meta()), label, row))
     return out
 
@@ -240,7 +228,7 @@ def _elementwise(precisions: tuple[tuple[str, torch.dtype, torch.dtype], ...]) -
         launched += _recorded(bias_gelu, x, bias, backend="triton", backward=True)
         for spec in launched:
             if spec.kernel == "sum_partials":
-                spec = _with(spec, **_SUM_PARTIALS_GPU)
+                spec = _with(spec, **SUM_PARTIALS_GPU_BLOCKS)
             out.append((spec, label, f"width {width}"))
     single = [(label, param) for label, act, param in precisions if act == param]
     for (label, param), decay in itertools.product(single, (0.0, 0.01)):
@@ -261,7 +249,8 @@ def configurations(capability: tuple[int, int] | str, every_dtype: bool = True) 
     found: dict[Specialization, tuple[str, list[str]]] = {}
     for spec, label, use in [*_attention(capability, dtypes), *_elementwise(precisions)]:
         if spec.kernel not in KERNELS:
-            raise KeyError(f"resources: launch {spec.kernel!r} has no entry in KERNELS; add its module and kernel")
+            raise KeyError(f"resources: launch {spec.kernel!r} is in no kernel module's LAUNCHED_KERNELS; "
+                           "add it to the LAUNCHED_KERNELS of the module that launches it")
         uses = found.setdefault(spec, (label, []))[1]
         if use not in uses:
             uses.append(use)
@@ -365,8 +354,7 @@ def _measure_one(config: KernelConfig, capability: tuple[int, int]) -> Resources
     """Compile one configuration for `capability` and read what it uses."""
     from triton.backends.compiler import GPUTarget
 
-    module, attribute = KERNELS[config.spec.kernel]
-    fn = getattr(importlib.import_module(module), attribute)
+    fn = KERNELS[config.spec.kernel]
     target = GPUTarget("cuda", 10 * capability[0] + capability[1], 32)
     source, options = _source_and_options(fn, config.spec)
     compiled, log = _compile(source, target, options)
