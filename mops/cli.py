@@ -35,7 +35,7 @@ from mops.multitask.training.precision import resolve_precision
 from mops.multitask.training.prediction import predict
 from mops.multitask.training.prefix_cache import describe_cache
 from mops.multitask.training.trainer import Trainer
-from mops.options import add_config_options, comma_list, config_settings, flag_of
+from mops.options import add_config_options, comma_list, config_settings, flag_of, positive
 
 # ---- commands ---------------------------------------------------------------------------------
 
@@ -223,12 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="show what a sharing plan builds and what it costs in memory")
     plan.add_argument("plan", help="e.g. FFSSII, F2S2I2, F2S2[sst+para|sts]2")
     add_config_options(plan, only=("tasks", "checkpoint"))
-    plan.add_argument("--examples", type=int, default=None,
+    plan.add_argument("--examples", type=positive(int), default=None,
                       help="training + dev examples, to size the frozen-prefix cache (a siamese pair counts twice)")
-    plan.add_argument("--mean-length", type=float, default=32.0, help="mean tokens per example (default: 32)")
+    plan.add_argument("--mean-length", type=positive(float), default=32.0, help="mean tokens per example (default: 32)")
     add_config_options(plan, only=("batch_size", "precision", "backend", "pair_encoding", "pooling", "cosine_tasks",
                                    "device", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"))
-    plan.add_argument("--length", type=int, default=None,
+    plan.add_argument("--length", type=positive(int), default=None,
                       help="padded tokens per example (a joint pair's; default: --max-length's default, 128)")
     plan.add_argument("--json", action="store_true", help="print the prediction as one JSON object")
     plan.set_defaults(handler=cmd_plan)
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="steps of the first probing round, doubled each round up to the full run "
                              "(default: the rounds stop at fractions of the run's own budget, --steps, --epochs "
                              "or --seconds, 1 epoch when none is given: 1/4, 1/2 and the end for 8 plans)")
-    advise.add_argument("--candidates", type=int, default=8, help="plans to probe (default 8)")
+    advise.add_argument("--candidates", type=positive(int), default=8, help="plans to probe (default 8)")
     advise.add_argument("--groups", action="store_true",
                         help="also enumerate plans with task groups (one split of the tasks per plan)")
     advise.add_argument("--results", default="runs/advise.jsonl",
@@ -300,13 +300,23 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         code = args.handler(args)
-    except (ValueError, RuntimeError, FileNotFoundError, argparse.ArgumentTypeError) as err:
+    except (ValueError, RuntimeError, argparse.ArgumentTypeError, OverflowError) as err:
         # Bad input (data, checkpoints, plans, settings: ValueError; task names parsed inside a
-        # command: ArgumentTypeError) and runs that cannot go on (RuntimeError) get one clear line;
-        # --verbose shows the traceback.
+        # command: ArgumentTypeError; numbers too large to use: OverflowError) and runs that cannot
+        # go on (RuntimeError) get one clear line; --verbose shows the traceback.
         if args.verbose:
             raise
         print(f"mops: error: {err}", file=sys.stderr)
+        code = 2
+    except OSError as err:  # a missing file, a read-only or full disk, a file where a folder goes
+        if args.verbose:
+            raise
+        if err.errno is None:  # raised by MOPS itself, the message says it all
+            print(f"mops: error: {err}", file=sys.stderr)
+        else:
+            where = f": {err.filename}" if err.filename and str(err.filename) not in str(err) else ""
+            print(f"mops: error: {err}{where} (check the path, its permissions and the free space; "
+                  "-v shows where it happened)", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("mops: interrupted; a `mops train` run resumes from its last checkpoint when started again",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Collection
@@ -37,6 +38,22 @@ def comma_list(name: str, choices: Collection[str] | None) -> Callable[[str], li
             raise argparse.ArgumentTypeError(f"unknown {noun}(s) {', '.join(unknown) or '(none)'}{valid}")
         return items
 
+    return parse
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """Parser of a command's own number option that must be finite and above zero."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above zero")
+        return value
+
+    parse.__name__ = kind.__name__  # what argparse names in its messages
     return parse
 
 

@@ -7,7 +7,9 @@ exit status; `mops sweep` still starts one child process per run.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import re
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from mops.bench import sweep as sweep_module
 from mops.bench.records import append_record, run_id
 from mops.cli import main
 from mops.multitask.data.tasks import TASK_NAMES
+from mops.multitask.training import run_files, trainer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -232,3 +235,54 @@ def test_train_with_an_unknown_task_exits_2_listing_the_valid_tasks(tmp_path, ca
     assert err.splitlines()[-1] == (f"mops train: error: argument --tasks: unknown task(s) nli; "
                                     f"choose from {', '.join(TASK_NAMES)}")
     assert not (tmp_path / "run").exists()
+
+
+# -- bad input and failing disks: one line, before any work ------------------------------------
+
+TINY_TRAIN_ARGS = ["train", "--tasks", "sst", "--checkpoint", "random", "--hidden-size", "32", "--num-layers", "1",
+                   "--steps", "2", "--batch-size", "4", "--max-eval-examples", "8", "--backend", "torch"]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--hidden-size", "0"], "hidden_size must be positive, got 0"),
+    (["--num-layers", "0"], "num_layers must be positive, got 0"),
+    (["--seconds", "nan"], "seconds must be a finite number, got nan"),
+    (["--epochs", "inf"], "epochs must be a finite number, got inf"),
+    (["--lora-alpha", "nan"], "lora_alpha must be a finite number, got nan"),
+    (["--warmup", "1.5"], "warmup must be a fraction in [0, 1), got 1.5"),
+    (["--out", ""], "out_dir is empty; name the run folder (--out)"),
+    (["--max-length", "100000"], "max_length 100000 is longer than the 512 positions"),
+], ids=lambda value: value[0] if isinstance(value, list) else None)
+def test_settings_out_of_range_are_refused_in_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys,
+                                                                                 args, says):
+    monkeypatch.chdir(tmp_path)
+    assert mops(*TINY_TRAIN_ARGS, "--out", str(tmp_path / "run"), *args) == 2
+    assert says in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["plan", "FFSSII", "--examples", "-5"], "--examples"), (["plan", "FFSSII", "--length", "0"], "--length"),
+    (["advise", "--budget", "1GiB", "--candidates", "0"], "--candidates"),
+])
+def test_a_command_s_own_numbers_must_be_above_zero(capsys, args, option):
+    with pytest.raises(SystemExit) as ended:
+        main(args)
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}:" in err and "must be a finite number above zero" in err
+
+
+def test_a_run_folder_on_a_read_only_disk_fails_in_one_line_before_training(tmp_path, monkeypatch, capsys):
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "run")):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_files.os, "open", read_only)
+    monkeypatch.setattr(trainer.Trainer, "_train_step", lambda self, data: pytest.fail("trained on a read-only disk"))
+    assert mops(*TINY_TRAIN_ARGS, "--out", str(tmp_path / "run")) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "Read-only file system" in line and str(tmp_path / "run") in line and "free space" in line

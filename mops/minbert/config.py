@@ -45,13 +45,13 @@ class BertConfig:
         """`base`'s vocabulary and positions with another width and depth, for encoders trained from
         scratch: heads of 64 dimensions (32 where the width is no multiple of 64), a feed-forward
         four times as wide, as BERT's own sizes have."""
-        width = hidden_size or base.hidden_size
+        width = base.hidden_size if hidden_size is None else hidden_size
         if width <= 0 or width % 32:
             raise ValueError(f"hidden_size {width} must be a positive multiple of 32 (heads of 64 or 32 dimensions)")
         return cls(
             vocab_size=base.vocab_size,
             hidden_size=width,
-            num_hidden_layers=num_layers or base.num_hidden_layers,
+            num_hidden_layers=base.num_hidden_layers if num_layers is None else num_layers,
             num_attention_heads=width // 64 if width % 64 == 0 else width // 32,
             intermediate_size=4 * width,
             max_position_embeddings=base.max_position_embeddings,

@@ -59,6 +59,10 @@ def assemble(config: TrainConfig, encoder: BertModel | None = None, data: str | 
     skeleton, say); `data` for its corpus (the demo corpus has every task's shape and loads at once)."""
     tasks = make_tasks(config.tasks, config.data if data is None else data)
     encoder = build_encoder(config) if encoder is None else encoder
+    positions = encoder.config.max_position_embeddings
+    if config.max_length > positions:
+        raise ValueError(f"max_length {config.max_length} is longer than the {positions} positions the encoder "
+                         f"({config.checkpoint}) has embeddings for; use --max-length {positions} or less")
     depth = encoder.config.num_hidden_layers
     plan = parse_plan(config.plan or "S" * depth, config.tasks, depth)
     return RunParts(config, encoder, plan, tasks, head_config(config), config.lora())
