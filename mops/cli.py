@@ -27,9 +27,9 @@ from mops.multitask.data.download import SOURCES, DownloadError, download
 from mops.multitask.data.examples import DataError
 from mops.multitask.data.tasks import TASK_NAMES
 from mops.multitask.sharing.accounting import account
+from mops.multitask.training.assembly import assemble
 from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import init_distributed_from_env, resolve_device
-from mops.multitask.training.assembly import assemble
 from mops.multitask.training.export import export_task
 from mops.multitask.training.precision import resolve_precision
 from mops.multitask.training.prediction import predict

@@ -140,6 +140,16 @@ def test_empty_file_fails(tmp_path):
         load_split("sts", "dev", tmp_path)
 
 
+def test_a_file_of_only_a_header_fails_before_any_training(tmp_path):
+    """An empty dev set once failed after a whole evaluation interval, naming no file."""
+    path = write(tmp_path, "ids-sst-dev.csv", SST_HEADER)
+    with pytest.raises(DataError, match=f"{path}: no examples; a dev file needs at least one labelled row"):
+        load_split("sst", "dev", tmp_path)
+    write(tmp_path, "quora-train.csv", PARA_HEADER + "0\tq1\ta b\tc d\t\n")
+    with pytest.raises(DataError, match=r"no examples \(1 row\(s\) with a blank label skipped\)"):
+        load_split("para", "train", tmp_path)
+
+
 def test_missing_file_says_how_to_get_data(tmp_path):
     with pytest.raises(MissingDataError) as info:
         load_split("sst", "train", tmp_path / "nowhere")

@@ -126,3 +126,15 @@ def test_completed_ids_count_ok_and_oom_and_retry_failed(tmp_path):
 
 def test_completed_ids_of_a_missing_file_is_empty(tmp_path):
     assert completed_ids(tmp_path / "not-yet.jsonl") == set()
+
+
+@pytest.mark.parametrize("bad", [{"run_id": "x", "config": ["FFFFFF"]}, {"run_id": 7, "config": {}}],
+                         ids=["config a list", "run_id a number"])
+def test_a_record_of_the_wrong_shape_is_skipped_with_a_warning_naming_its_line(tmp_path, bad):
+    """Such a line once ended `mops report` in an AttributeError."""
+    path = tmp_path / "results.jsonl"
+    append_record(path, bad)
+    append_record(path, record("FFFFFF"))
+    with pytest.warns(TornLineWarning, match=r"results.jsonl:1: skipped \(its config is no JSON object"):
+        back = read_records(path)
+    assert [r["config"]["plan"] for r in back] == ["FFFFFF"]

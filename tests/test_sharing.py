@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import pytest
 import torch.nn as nn
@@ -476,3 +477,13 @@ def test_random_plans_round_trip_through_their_printed_form(seed):
         assert str(parse_plan(text, p.tasks, p.num_layers)) == text
         loose = write_plan_loosely(rng, p)
         assert parse_plan(loose, p.tasks, p.num_layers) == p, (loose, text)
+
+
+def test_a_huge_count_is_refused_before_any_layer_is_made():
+    """`S100000000` once allocated gigabytes of layer assignments before it was refused."""
+    tracemalloc.start()
+    with pytest.raises(PlanError, match="plan 'S100000000' covers 100000000 layers but the model has 6"):
+        parse_plan("S100000000", ["sst", "para", "sts"], 6)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2**20

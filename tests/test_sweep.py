@@ -416,8 +416,13 @@ def test_from_file_reads_grid_keys_and_a_train_table(tmp_path):
         ('plans = ["FS"]\n[train]\nplan = "SS"\n', ["plan", "grid"]),  # the grid sets it, not [train]
         ('plans = ["FS"]\n[train]\nseed = 3\nsteps = 2\n', ["seed", "grid"]),
         ('plans = ["FS"\n', ["not valid TOML"]),
+        ("", ["names no setting", "default sweep"]),
+        ('plans = ["FS"]\n[train]\nsteps = "10"\n', ["steps must be an integer, got '10'"]),
+        ('plans = ["FS"]\n[train]\nlr = inf\n', ["lr must be a finite number, got inf"]),
+        ('plans = ["FS"]\nwidths = [0]\ncheckpoints = []\n', ["hidden_size must be positive, got 0"]),
     ],
-    ids=["unknown-key", "unknown-setting", "plan-in-train", "seed-in-train", "bad-toml"],
+    ids=["unknown-key", "unknown-setting", "plan-in-train", "seed-in-train", "bad-toml", "empty", "steps-a-string",
+         "lr-infinite", "width-zero"],
 )
 def test_from_file_rejects_what_it_does_not_know_naming_it_and_the_file(tmp_path, text, named):
     path = tmp_path / "sweep.toml"

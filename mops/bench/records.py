@@ -111,6 +111,10 @@ def read_file(path: str | os.PathLike) -> list[dict[str, Any]]:
             if not isinstance(record, dict):
                 warnings.warn(f"{path}:{number}: skipped (not a JSON object)", TornLineWarning, stacklevel=2)
                 continue
+            if not isinstance(record.get("config", {}), dict) or not isinstance(record.get("run_id", ""), str):
+                warnings.warn(f"{path}:{number}: skipped (its config is no JSON object or its run_id no string)",
+                              TornLineWarning, stacklevel=2)
+                continue
             if "run_id" not in record:
                 if not isinstance(record.get("config"), dict):
                     warnings.warn(f"{path}:{number}: skipped (neither run_id nor config)", TornLineWarning, stacklevel=2)

@@ -82,14 +82,19 @@ class SweepConfig:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{path}: not valid TOML ({err})") from err
+        if not raw:
+            raise ValueError(f"{path}: names no setting; an empty file would run the default sweep (give at least "
+                             "`plans = [...]`)")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - names
         if unknown:
             raise ValueError(f"{path}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(names))}")
         try:
-            return cls(**raw)
-        except ValueError as err:  # a bad [train] table or an empty grid: say which file
+            sweep = cls(**raw)
+            grid(sweep)  # every run's settings checked now (types, ranges), not when its turn comes
+        except (ValueError, TypeError) as err:  # a bad [train] table or an empty grid: say which file
             raise ValueError(f"{path}: {err}") from None
+        return sweep
 
 
 def grid(sweep: SweepConfig) -> list[TrainConfig]:

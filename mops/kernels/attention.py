@@ -42,8 +42,8 @@ import math
 import torch
 
 from mops.kernels import autocast, reference
-from mops.kernels.dispatch import resolve_backend
 from mops.kernels.attention_blocks import Config, config_for
+from mops.kernels.dispatch import resolve_backend
 from mops.kernels.launches import launch
 
 try:

@@ -124,6 +124,10 @@ def load_split(task: str, split: str, data_dir: str | os.PathLike) -> LoadedSpli
     examples, skipped = read_file(path, task, labelled=split != "test")
     if skipped:
         log.warning("%s: skipped %d row(s) with a blank label", path, skipped)
+    if not examples:  # found now, not after training an evaluation interval
+        blank = f" ({skipped} row(s) with a blank label skipped)" if skipped else ""
+        row = "row" if split == "test" else "labelled row"
+        raise DataError(f"{path}: no examples{blank}; a {split} file needs at least one {row}")
     return LoadedSplit(examples, skipped, path)
 
 

@@ -299,16 +299,23 @@ def parse_plan(text: str, tasks: Sequence[str], num_layers: int) -> SharingPlan:
         span = f"layer {first}" if count == 1 else f"layers {first}-{first + count - 1}"
         return f"plan {text!r}: {span} ({LAYER_INDEXING})"
 
-    layers: list[PieceAssignment] = []
-    for token in _scan(body, lambda layer, char: f"{at_layers(layer)}, character {char}"):
-        place = at_layers(len(layers), token.count)
-        layers += [_choice_assignment(token, tasks, place)] * token.count
-    if len(layers) != num_layers:
-        raise PlanError(
-            f"plan {text!r} covers {len(layers)} layer{'s' * (len(layers) != 1)} but the model has "
+    def wrong_length(covered: int) -> PlanError:
+        return PlanError(
+            f"plan {text!r} covers {covered} layer{'s' * (covered != 1)} but the model has "
             f"{num_layers}; give one choice per encoder layer, bottom to top (a count repeats a "
             "choice: F2S4 = FFSSSS)"
         )
+
+    tokens = list(_scan(body, lambda layer, char: f"{at_layers(layer)}, character {char}"))
+    covered = sum(token.count for token in tokens)
+    if covered > num_layers:  # before any layer is made: S100000000 costs nothing
+        raise wrong_length(covered)
+    layers: list[PieceAssignment] = []
+    for token in tokens:
+        place = at_layers(len(layers), token.count)
+        layers += [_choice_assignment(token, tasks, place)] * token.count
+    if len(layers) != num_layers:
+        raise wrong_length(len(layers))
 
     pieces = {"embeddings": layers[0], "pooler": layers[-1]}
     given: set[str] = set()

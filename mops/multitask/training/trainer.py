@@ -14,8 +14,8 @@ step compiles whole (`torch.compile(fullgraph=True)`) and replays as a CUDA grap
 from __future__ import annotations
 
 import contextlib
-import json
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -33,9 +33,13 @@ from mops.kernels.dispatch import resolved_backends
 from mops.minbert import AdamW, BertTokenizer
 from mops.multitask.data.tasks import Task, overall_score, score
 from mops.multitask.sharing.accounting import account_model
+from mops.multitask.training.assembly import assemble
 from mops.multitask.training.config import TrainConfig
 from mops.multitask.training.devices import rank_and_world, training_device
-from mops.multitask.training.assembly import assemble
+from mops.multitask.training.graphs import CudaCapture, GraphedSteps, resolve_graphs
+from mops.multitask.training.ledger import StepLedger
+from mops.multitask.training.precision import resolve_precision
+from mops.multitask.training.prefix_cache import FrozenPrefixCache, PrefixOutput, open_cache
 from mops.multitask.training.record import SCHEMA
 from mops.multitask.training.run_files import (
     BEST_FILE,
@@ -45,14 +49,9 @@ from mops.multitask.training.run_files import (
     load_checkpoint,
     save_checkpoint,
 )
-from mops.multitask.training.graphs import CudaCapture, GraphedSteps, resolve_graphs
-from mops.multitask.training.ledger import StepLedger
-from mops.multitask.training.precision import resolve_precision
-from mops.multitask.training.prefix_cache import FrozenPrefixCache, PrefixOutput, open_cache
 from mops.multitask.training.sampling import task_at_step
 from mops.multitask.training.schedule import lr_factor_tensor
 from mops.multitask.training.task_data import NoTrainingData, TaskData, load_task_data
-
 
 
 class TrainingError(RuntimeError):
