@@ -19,10 +19,17 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+pytest_plugins = ["pytester"]  # tests of this file run it on a suite of their own
+
 BENCH_SUITE = os.path.join(os.path.dirname(__file__), "benchmarks")
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 FAILURE_LOG_ENV = "MOPS_FAILURE_LOG"  # tools.gpu_check sets it for its test run
+# Set by .ci/run: the skip reasons (prefixes, "|" between them) a green run may have. Any other
+# skip fails the run: a missing embedded checkpoint or `transformers` once turned most of the
+# suite into skips while CI stayed green.
+ALLOWED_SKIPS_ENV = "MOPS_ALLOWED_SKIPS"
 _failure_log = None  # the file, in the process that reports (the xdist controller, or the only one)
+_unexpected_skips: list[str] = []  # "node: reason" of each skip no allowed reason explains
 
 
 def share_the_cores(workers, cpu_count, environ):
@@ -84,8 +91,38 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         bench.get("stats", {}).pop("data", None)
 
 
+def skip_reason(report) -> str:
+    """The reason a skipped test report gives ("needs a CUDA GPU"), without pytest's prefix."""
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def unexpected_skip(reason: str, allowed: str | None) -> bool:
+    """Whether a skip with this reason should fail a run whose allowed reasons are `allowed`."""
+    if allowed is None:
+        return False
+    return not any(reason.startswith(prefix) for prefix in allowed.split("|") if prefix)
+
+
 def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = skip_reason(report)
+        if unexpected_skip(reason, os.environ.get(ALLOWED_SKIPS_ENV)):
+            _unexpected_skips.append(f"{report.nodeid}: {reason}")
     if _failure_log and report.failed:
         entry = {"node": report.nodeid, "when": report.when, "text": report.longreprtext}
         with open(_failure_log, "a") as log:
             log.write(json.dumps(entry) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _unexpected_skips:
+        terminalreporter.section(f"skips {ALLOWED_SKIPS_ENV} does not allow")
+        for line in _unexpected_skips:
+            terminalreporter.line(line)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _unexpected_skips and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
