@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from mops.minbert import BertModel, BertTokenizer
+from mops.minbert import AdamW, BertModel, BertTokenizer
 from mops.multitask.data.batching import Collator
 from mops.multitask.data.tasks import make_tasks
 from mops.multitask.sharing.model import MultitaskBert
@@ -30,7 +30,8 @@ def measure(plan_text: str, pretrained: BertModel, tokenizer: BertTokenizer, tas
     model = MultitaskBert(pretrained, parse_plan(plan_text, TASKS, 6), tasks).to(device)
     batch = Collator(tokenizer, 128, pad_multiple=128)(tasks[0].loader("train")[:32]).to(device)  # 32 x 128
     inputs = {"batch": batch.inputs, "batch_b": None, "prefix": None, "prefix_b": None}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    # MOPS's own AdamW, as training runs it: its step buffers are part of the peak the prediction names
+    optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, backend="auto")
 
     def step():
         optimizer.zero_grad(set_to_none=True)

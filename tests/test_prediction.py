@@ -96,6 +96,45 @@ def test_predicted_activations_are_a_real_steps_within_5_percent(minilm, plan_te
         assert predicted == pytest.approx(measured, rel=0.05), (task.name, predicted, measured)
 
 
+def graph_saved_bytes(loss: torch.Tensor, exclude) -> int:
+    """The bytes the autograd graph behind `loss` keeps for the backward, read from the graph itself
+    (each node's saved tensors, each storage once, no parameter): a count independent of the
+    saved-tensor hooks the prediction is calibrated with."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen, total, stack, visited = set(), 0, [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        saved = [getattr(node, name) for name in dir(node) if name.startswith("_saved_")]
+        saved += list(getattr(node, "saved_tensors", ()))  # a custom Function's ctx.save_for_backward
+        for value in saved:
+            for tensor in value if isinstance(value, (tuple, list)) else [value]:
+                pointer = tensor.untyped_storage().data_ptr() if isinstance(tensor, torch.Tensor) else 0
+                if pointer and pointer not in skip and pointer not in seen:
+                    seen.add(pointer)
+                    total += tensor.untyped_storage().nbytes()
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return total
+
+
+@pytest.mark.parametrize("plan_text", DEMO_PLANS + ADAPTED_PLANS)
+def test_predicted_activations_match_what_the_graph_itself_keeps(minilm, plan_text):
+    """Checked against a count that shares nothing with the calibration: the saved tensors the
+    autograd graph of a real step holds, read node by node."""
+    pretrained, tokenizer, tasks = minilm
+    model = MultitaskBert(pretrained, parse_plan(plan_text, TASKS, 6), tasks, HeadConfig("joint"),
+                          LoRAConfig(dropout=0.1)).train()
+    for task in tasks:
+        batch = Collator(tokenizer, 48, False, regression=task.kind == "regression")(task.loader("train")[:16])
+        inputs = {"batch": batch.inputs, "batch_b": None, "prefix": None, "prefix_b": None}
+        loss = model.loss(task.name, model(task.name, **inputs), batch.labels)
+        kept = graph_saved_bytes(loss, model.parameters())
+        predicted = predict(model, 16, batch.inputs.input_ids.shape[1], FP32, "torch").activation_bytes_per_task
+        assert predicted[task.name] == pytest.approx(kept, rel=0.05), (task.name, predicted[task.name], kept)
+
+
 @pytest.mark.parametrize("head", [HeadConfig("joint", pooling="mean"), HeadConfig("joint", pooling="cls"),
                                   HeadConfig("joint", pooling="mean", cosine_tasks=("sts",), scale_regression=True)],
                          ids=["mean", "cls", "mean-cosine-scaled-targets"])

@@ -46,7 +46,9 @@ from mops.multitask.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = requires_embedded_checkpoint  # sweep runs are child processes that build their encoder from it
-MEMORY_SOURCES = {"rss", "nvml-process", "nvml-device"}
+# Where a run's peak comes from: NVML on a GPU (the resident-memory fallback there would be no GPU
+# figure at all), the process's resident memory on a CPU.
+MEMORY_SOURCES = {"nvml-process", "nvml-device"} if torch.cuda.is_available() else {"rss"}
 
 # Training settings shared by every real run here: seconds per run on a CPU.
 TINY_TRAIN = dict(num_layers=2, steps=2, eval_every=2, batch_size=8, max_length=32, max_eval_examples=16,
