@@ -176,6 +176,9 @@ def test_explicit_scale():
 
 
 def test_backward_is_deterministic():
+    """Two backward passes give the same dQ, dK and dV bits. Under the interpreter the programs run one
+    after another, so atomic sums would agree too: that the kernels use none is checked on their
+    sm_90a binaries (test_kernel_resources.py::test_deterministic_kernels_use_no_atomics)."""
     gen = torch.Generator().manual_seed(3)
     q, k, v = make_qkv(2, 2, 70, 32, F32, "bhld", gen)
     mask = make_mask("holes", 2, 70, gen)
@@ -457,8 +460,11 @@ def test_gpu_dropout_matches_twin_fed_the_same_mask(dtype):
 
 
 @requires_cuda
-def test_gpu_auto_follows_the_dispatch_table_and_fp32_is_exact():
+@pytest.mark.parametrize("pinned", ["triton", "torch"])
+def test_gpu_auto_follows_the_dispatch_table_and_fp32_is_exact(monkeypatch, pinned):
+    """With a table pinned to each backend for this GPU, auto runs exactly that one."""
     compare(2, 4, 130, 64, "holes", F32, "blhd", seed=9, device="cuda")
     q = torch.randn(1, 2, 16, 32, device="cuda")
-    measured = dispatch.choose("attention", torch.cuda.get_device_name(q.device)).backend
-    assert mops.kernels.dispatch.resolve_backend("auto", q, op="attention") == measured
+    table = {(torch.cuda.get_device_name(q.device), "attention"): dispatch.Choice(pinned, 2.0, "pinned", True)}
+    monkeypatch.setattr(dispatch, "load_table", lambda path=None: table)
+    assert mops.kernels.dispatch.resolve_backend("auto", q, op="attention") == pinned

@@ -89,6 +89,9 @@ def test_exact_erf_not_tanh():
 
 
 def test_dbias_is_deterministic():
+    """Two backward passes give the same dbias bits. Under the interpreter the programs run one
+    after another, so atomic sums would agree too: that the kernels use none is checked on their
+    sm_90a binaries (test_kernel_resources.py::test_deterministic_kernels_use_no_atomics)."""
     x, bias, dy = _make((57, 1000), torch.float32, DEVICE, seed=2)
     if not CUDA:  # the interpreter's grid: several programs, each summing several row tiles
         block_n, rows, _ = row_tile(1000, MAX_BLOCK_N)

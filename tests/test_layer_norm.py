@@ -109,6 +109,9 @@ def test_matches_reference(shape, res_shape, dtype):
 
 
 def test_dweight_dbias_are_deterministic():
+    """Two backward passes give the same dweight and dbias bits. Under the interpreter the programs run one
+    after another, so atomic sums would agree too: that the kernels use none is checked on their
+    sm_90a binaries (test_kernel_resources.py::test_deterministic_kernels_use_no_atomics)."""
     x, w, b, r, dy = _make((45, 768), "same", torch.float32, DEVICE, seed=3)
     if not CUDA:  # the interpreter's grid: several programs, each summing several row tiles
         block_n, rows, _ = row_tile(768, MAX_WIDTH)

@@ -350,6 +350,18 @@ def _compile(source: Any, target: Any, options: dict[str, Any]) -> tuple[Any, st
     return compiled, printed.getvalue()
 
 
+def compile_launch(fn: Any, spec: Specialization, capability: tuple[int, int] | str) -> Any:
+    """`fn` compiled for `capability` as the launch `spec` specializes it: Triton's CompiledKernel,
+    whose `asm` holds the PTX and the cubin, for reading the instructions themselves. Needs the
+    interpreter off (see Processes); no ptxas log is taken."""
+    from triton.backends.compiler import GPUTarget
+
+    triton, _ = triton_and_knobs()
+    major, minor = _capability(capability)
+    source, options = _source_and_options(fn, spec)
+    return triton.compile(source, target=GPUTarget("cuda", 10 * major + minor, 32), options=options)
+
+
 def _measure_one(config: KernelConfig, capability: tuple[int, int]) -> Resources:
     """Compile one configuration for `capability` and read what it uses."""
     from triton.backends.compiler import GPUTarget
