@@ -1,5 +1,6 @@
-"""Two processes under torchrun (gloo, CPU) train to the same weights as one process that sees
-the same global batches: each rank takes half of every batch and DDP averages the gradients."""
+"""Two processes under torchrun (gloo, CPU) train to the same weights and metrics as one process
+that sees the same global batches: each rank takes its slice of every batch, weighs its loss by
+its share of the batch's examples, and DDP averages the gradients."""
 
 from __future__ import annotations
 
@@ -22,12 +23,16 @@ pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_ava
               requires_embedded_checkpoint]  # the child processes build their encoder from it
 
 # Dropout off, so both runs compute the same function; a grouped plan leaves some copies and
-# heads idle at every step, which is the case DDP must be told about. With a frozen layer at the
-# bottom, each rank caches the prefix outputs of the examples it sees: 16 training examples per
-# task make 12 steps two epochs, so the second replays from the cache.
+# heads idle at every step, which is the case DDP must be told about. 13 training examples per
+# task in batches of 5 make two batches of 5 and an epoch's remainder of 3: in every batch one
+# rank holds one example more than the other, so only weighing each rank's loss by its share
+# gives the global batch's mean gradient. 9 steps an epoch: the 12 steps start a second epoch. With
+# a frozen layer at the bottom, each rank caches the prefix outputs of the examples it sees.
+EXAMPLES, BATCH = 13, 5
 COMMON = ["train", "--checkpoint", "random", "--hidden-size", "32", "--num-layers", "2", "--data", "demo",
-          "--steps", "12", "--eval-every", "6", "--batch-size", "8", "--max-length", "32", "--max-train-examples", "16",
-          "--max-eval-examples", "16", "--dropout", "0", "--head-dropout", "0", "--lr", "1e-3",
+          "--steps", "12", "--eval-every", "6", "--batch-size", str(BATCH), "--max-length", "32",
+          "--max-train-examples", str(EXAMPLES), "--max-eval-examples", "16", "--dropout", "0", "--head-dropout", "0",
+          "--lr", "1e-3",
           "--sampling", "round_robin", "--backend", "torch", "--device", "cpu", "--quiet"]
 # (plan, further options): the fourth case scores pairs with cosine heads on sentences encoded alone;
 # the fifth reads pairs in a random order per batch (the same on every rank) and caches both orders.
@@ -45,6 +50,7 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
                          ids=["shared-and-groups", "frozen-prefix-cached", "bitfit-and-lora", "mean-siamese-cosine",
                               "symmetric-pairs-cached"])
 def test_two_processes_match_one(tmp_path, plan, options):
+    assert BATCH % 2 and EXAMPLES % BATCH % 2  # every batch, an epoch's remainder too, splits unevenly
     args = [*COMMON, "--plan", plan, *options]
     single = subprocess.run([sys.executable, "-m", "mops", *args, "--out", str(tmp_path / "one")],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -60,8 +66,10 @@ def test_two_processes_match_one(tmp_path, plan, options):
     for name in one:
         # Float sums run in another order across ranks; nothing else may differ.
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    record_one = json.loads((tmp_path / "one" / "results.json").read_text())
     record_two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert record_two["config"]["world_size"] == 2
+    assert record_two["metrics"] == pytest.approx(record_one["metrics"], rel=1e-4, abs=1e-6)
     if plan.startswith("F"):
         assert record_two["prefix_cache"]["enabled"] and record_two["prefix_cache"]["hits"] > 0
     # The runs really trained: weights moved away from their initial values.

@@ -132,15 +132,12 @@ def _key(task: str, leaves: Leaves) -> tuple:
 # ----------------------------------------------------------------------------- capture and replay
 
 
-# fn -> (replay, fn's outputs). A CUDA capture only records fn: the caller replays to run it. A capture
-# that runs fn while recording (a test's stand-in) says so with `executes = True`.
+# fn -> (replay, fn's outputs). A capture only records fn: the caller replays to run it.
 Capture = Callable[[Callable[[], Any]], tuple[Callable[[], None], Any]]
 
 
 class CudaCapture:
     """Captures a function into a CUDA graph; every graph it makes shares one memory pool."""
-
-    executes = False
 
     def __init__(self) -> None:
         self.pool = None
@@ -216,8 +213,7 @@ class GraphedSteps:
                         f"with {type(error).__name__}: {error}; this shape runs eagerly from now on")
             return self.step(task, *args)
         self.graphs[key] = _Graph(replay, buffers, outputs)
-        if not getattr(self.capture, "executes", False):
-            replay()
+        replay()  # the capture recorded the step; this call's results come from running the graph
         return outputs
 
 
